@@ -1,0 +1,36 @@
+"""Where the engine finds its files and which device it runs on."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MODEL_FOLDERS: tuple[str, ...] = (
+    "checkpoints",
+    "loras",
+    "vae",
+    "embeddings",
+    "vae_approx",
+    "upscale_models",
+    "inpaint",
+    "controlnet",
+    "clip_vision",
+    "prompt_expansion",
+)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The engine's environment.
+
+    ``downloads`` maps ``"<folder>/<filename>"`` (e.g. ``"checkpoints/juggernautXL_v8Rundiffusion.safetensors"``)
+    to the URL the file is fetched from when a request needs it and it is missing.
+    ``device`` is ``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda:N"``.
+    """
+
+    models_dir: Path
+    styles_dir: Path
+    downloads: Mapping[str, str] = field(default_factory=dict)
+    device: str = "auto"
+    allow_downloads: bool = True
