@@ -1,0 +1,30 @@
+"""The ASGI application: the generate consumer, Django for everything else, and the engine
+workers' channel (``python manage.py runworker fooocus-engine``)."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fooocus_site.settings")
+django_application = get_asgi_application()
+
+from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.urls import re_path  # noqa: E402
+
+from generation.consumers import GenerateConsumer  # noqa: E402
+from generation.worker import EngineChannelConsumer  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": URLRouter(
+            [
+                re_path(r"^v1/engine/generate/?$", GenerateConsumer.as_asgi()),
+                re_path(r"", django_application),
+            ]
+        ),
+        "channel": ChannelNameRouter(
+            {settings.FOOOCUS_WORKER_CHANNEL: EngineChannelConsumer.as_asgi()}
+        ),
+    }
+)

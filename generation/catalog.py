@@ -1,0 +1,87 @@
+"""What this server offers: model files, styles, presets — read from the engine's folders.
+
+Web processes use it to validate requests and answer ``/v1/engines/*`` without loading models.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+
+from engine.config import EngineConfig
+from engine.types import EngineRequest
+from engine.presets import Preset, all_downloads, list_presets, load_preset
+
+
+class Catalog:
+    """A view of the configured folders. Cheap to build; reads the disk on each call."""
+
+    def __init__(self, config: EngineConfig, presets_dir: Path) -> None:
+        self.config = config
+        self.presets_dir = presets_dir
+
+    def list_files(self, folder: str) -> list[str]:
+        """Model files (and diffusers folders) present in ``models/<folder>``."""
+        return self._manager.list_files(folder)
+
+    @functools.cached_property
+    def _manager(self) -> Any:
+        import torch
+
+        from engine.models import ModelManager
+
+        # Only used to list folders: no model is ever loaded through it.
+        return ModelManager(self.config, torch.device("cpu"), torch.float32)
+
+    def downloadable(self, folder: str) -> list[str]:
+        prefix = f"{folder}/"
+        return sorted(key[len(prefix) :] for key in self.config.downloads if key.startswith(prefix))
+
+    def model_available(self, folder: str, name: str) -> bool:
+        """Present on disk, or known to a preset's download table (fetched on first use)."""
+        if not name or "/" in name or "\\" in name or name.startswith("."):
+            return False
+        return name in self.list_files(folder) or f"{folder}/{name}" in self.config.downloads
+
+    def styles(self) -> list[str]:
+        from engine.styles import StyleLibrary
+
+        return StyleLibrary.from_folder(self.config.styles_dir).names()
+
+    @functools.cached_property
+    def _engine(self) -> Any:
+        from engine.pipeline import Engine
+
+        return Engine(self.config)
+
+    def check(self, request: EngineRequest) -> None:
+        """The engine's own check of a request, without loading any model."""
+        self._engine.check(request)
+
+    def presets(self) -> list[str]:
+        return list_presets(self.presets_dir)
+
+    def preset(self, name: str) -> Preset:
+        if name == "initial":
+            name = settings.FOOOCUS_PRESET
+        return load_preset(self.presets_dir, name)
+
+
+def engine_config() -> EngineConfig:
+    """The engine configuration from Django settings (download URLs gathered from all presets)."""
+    return EngineConfig(
+        models_dir=Path(settings.FOOOCUS_MODELS_DIR),
+        styles_dir=Path(settings.FOOOCUS_STYLES_DIR),
+        downloads=all_downloads(Path(settings.FOOOCUS_PRESETS_DIR)),
+        device=settings.FOOOCUS_DEVICE,
+        allow_downloads=settings.FOOOCUS_ALLOW_DOWNLOADS,
+    )
+
+
+@functools.cache
+def get_catalog() -> Catalog:
+    """The process's catalog (settings do not change while a process runs)."""
+    return Catalog(engine_config(), Path(settings.FOOOCUS_PRESETS_DIR))

@@ -1,0 +1,260 @@
+"""``POST /v1/engine/generate/``: one async consumer for all four result modes.
+
+The mode depends on the body, so the whole endpoint is an ``AsyncHttpConsumer``: a client waiting
+on a stream (or for its binary/JSON result) holds a coroutine, never a thread. Each waiting request
+reads its task's events from a private channel subscribed to the task's group, and re-reads the
+database every few seconds, because channel layers may drop messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import io
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from asgiref.sync import sync_to_async
+from channels.generic.http import AsyncHttpConsumer
+from django.conf import settings
+from django.db import close_old_connections
+from PIL import Image
+from rest_framework.exceptions import ValidationError
+
+from generation.events import stream_event, task_group
+from generation.exceptions import validation_error_body
+from generation.presenters import output_url, public_base, task_object
+from generation.submit import submit_generate
+from history.files import resolve_output
+from history.models import ENDED_STATUSES, Task, TaskStatus
+from history.selectors import task_get
+from history.services import QueueFullError
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+IMAGE_TYPES = {"png": "png", "jpeg": "jpeg", "jpg": "jpeg", "webp": "webp"}
+KEEPALIVE_SECONDS = 15.0
+
+
+def in_thread(func: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    """Run blocking work (ORM, image decoding, downloads) off the event loop, in any thread."""
+
+    def with_fresh_connections(*args: Any, **kwargs: Any) -> T:
+        close_old_connections()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            close_old_connections()
+
+    return sync_to_async(functools.update_wrapper(with_fresh_connections, func), thread_sensitive=False)
+
+
+def _header(scope: dict[str, Any], name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def request_base(scope: dict[str, Any]) -> str:
+    """``scheme://host[:port]`` as the client reached us."""
+    host = _header(scope, b"host")
+    if not host:
+        server = scope.get("server") or ("127.0.0.1", 7866)
+        host = f"{server[0]}:{server[1]}"
+    return f"{scope.get('scheme', 'http')}://{host}"
+
+
+def image_format_from_accept(accept: str | None) -> str | None:
+    """The image format a binary response should use, or None when the client wants JSON.
+
+    No header, ``*/*`` and ``image/*`` accept an image in the task's own format ("").
+    """
+    if not accept:
+        return ""
+    wanted = [part.split(";")[0].strip().lower() for part in accept.split(",") if part.strip()]
+    for media in wanted:
+        if media in {"*/*", "image/*"}:
+            return ""
+        kind, _, subtype = media.partition("/")
+        if kind == "image" and subtype in IMAGE_TYPES:
+            return IMAGE_TYPES[subtype]
+    return None
+
+
+class GenerateConsumer(AsyncHttpConsumer):
+    """Validates, queues, and answers in the mode the request chose (API.md §1.2)."""
+
+    async def send_json(self, status: int, body: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        await self.send_response(
+            status,
+            json.dumps(body).encode(),
+            headers=[(b"Content-Type", b"application/json"), *(headers or [])],
+        )
+
+    async def handle(self, body: bytes) -> None:
+        if self.scope.get("method") != "POST":
+            await self.send_json(405, {"detail": "Method not allowed; POST a JSON body"}, [(b"Allow", b"POST")])
+            return
+        try:
+            data = json.loads(body or b"{}")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            await self.send_json(422, {"detail": [{"loc": ["body"], "msg": f"invalid JSON: {exc}", "type": "json_invalid"}]})
+            return
+        image_format = image_format_from_accept(_header(self.scope, b"accept"))
+        wants_stream = isinstance(data, dict) and _flag(data.get("stream_output"))
+        wants_async = isinstance(data, dict) and _flag(data.get("async_process"))
+        binary = image_format is not None and not wants_stream and not wants_async
+        base = request_base(self.scope)
+        task_id = uuid.uuid4().hex
+        layer = self.channel_layer
+        channel = None
+        if not wants_async and layer is not None:
+            # Subscribe before the task exists, so not even its first event can be missed.
+            channel = await layer.new_channel()
+            await layer.group_add(task_group(task_id), channel)
+        try:
+            try:
+                task = await in_thread(submit_generate)(data, base_url=base, binary=binary, task_id=task_id)
+            except ValidationError as exc:
+                await self.send_json(422, validation_error_body(exc.detail))
+                return
+            except QueueFullError as exc:
+                await self.send_json(
+                    503, {"detail": str(exc)}, [(b"Retry-After", str(_retry_after()).encode())]
+                )
+                return
+            task_header = [(b"X-Task-Id", task.task_id.encode())]
+            if wants_stream or task.req_params.get("stream_output"):
+                await self._stream(task, channel, base, task_header)
+            elif wants_async or task.req_params.get("async_process"):
+                await self.send_json(200, task_object(task, base=base), task_header)
+            else:
+                task = await self._wait_until_ended(task, channel)
+                if binary:
+                    await self._send_binary(task, image_format or "", base, task_header)
+                else:
+                    await self.send_json(200, await in_thread(task_object)(task, base=base), task_header)
+        finally:
+            if channel is not None and layer is not None:
+                await layer.group_discard(task_group(task_id), channel)
+
+    # Waiting ------------------------------------------------------------------------------
+    async def _events(self, task: Task, channel: str | None) -> Any:
+        """Yield task events until the task ends; yields None on each quiet interval."""
+        recheck = settings.FOOOCUS_WAIT_RECHECK_SECONDS
+        while True:
+            if channel is None:
+                await asyncio.sleep(recheck)
+                message = None
+            else:
+                try:
+                    message = await asyncio.wait_for(self.channel_layer.receive(channel), recheck)
+                except TimeoutError:
+                    message = None
+            if message is not None and message.get("type") == "task.event":
+                yield message["event"]
+                if message["event"]["task_status"] in ENDED_STATUSES:
+                    return
+                continue
+            current = await in_thread(task_get)(task_id=task.task_id)
+            if current is None or current.status in ENDED_STATUSES:
+                return
+            yield None
+
+    async def _wait_until_ended(self, task: Task, channel: str | None) -> Task:
+        async for _event in self._events(task, channel):
+            pass
+        ended = await in_thread(task_get)(task_id=task.task_id)
+        return ended or task
+
+    async def _stream(self, task: Task, channel: str | None, base: str, extra: list[tuple[bytes, bytes]]) -> None:
+        await self.send_headers(
+            status=200,
+            headers=[
+                (b"Content-Type", b"text/event-stream"),
+                (b"Cache-Control", b"no-cache"),
+                (b"X-Accel-Buffering", b"no"),
+                *extra,
+            ],
+        )
+        first = stream_event(task_id=task.task_id, status=task.status, progress=0, message="Waiting in queue ...")
+        await self.send_body(_sse(first), more_body=True)
+        loop = asyncio.get_running_loop()
+        last_sent = loop.time()
+        ended = False
+        async for event in self._events(task, channel):
+            if event is None:
+                if loop.time() - last_sent >= KEEPALIVE_SECONDS:
+                    await self.send_body(b": keep-alive\n\n", more_body=True)
+                    last_sent = loop.time()
+                continue
+            if event["task_status"] in ENDED_STATUSES:
+                ended = True
+                event = {**event, "images": [output_url(public_base(base), r) for r in event["images"]]}
+            await self.send_body(_sse(event), more_body=True)
+            last_sent = loop.time()
+        if not ended:
+            # The end event was lost (or the task ended before we listened): tell it from the row.
+            current = await in_thread(task_get)(task_id=task.task_id)
+            if current is not None:
+                await self.send_body(_sse(_final_event(current, base)), more_body=True)
+        await self.send_body(b"", more_body=False)
+
+    async def _send_binary(self, task: Task, image_format: str, base: str, extra: list[tuple[bytes, bytes]]) -> None:
+        if task.status == TaskStatus.FAILED:
+            await self.send_json(500, {"detail": task.error or "generation failed", "task_id": task.task_id}, extra)
+            return
+        if not task.result:
+            await self.send_response(204, b"", headers=extra)
+            return
+        day, _, name = task.result[0].partition("/")
+        path = resolve_output(day, name)
+        if path is None:
+            await self.send_json(500, {"detail": "the result file is missing", "task_id": task.task_id}, extra)
+            return
+        stored_format = path.suffix.lstrip(".").lower()
+        wanted = image_format or stored_format
+        data = await in_thread(_image_bytes)(str(path), stored_format, wanted)
+        await self.send_response(200, data, headers=[(b"Content-Type", f"image/{wanted}".encode()), *extra])
+
+
+def _image_bytes(path: str, stored_format: str, wanted: str) -> bytes:
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if stored_format == wanted:
+        return data
+    with Image.open(io.BytesIO(data)) as image:
+        buffer = io.BytesIO()
+        image.convert("RGB").save(buffer, format=wanted.upper())
+        return buffer.getvalue()
+
+
+def _flag(value: Any) -> bool:
+    """Booleans as DRF reads them (true, "true", 1, "1", ...)."""
+    return value is True or str(value).strip().lower() in {"true", "1", "yes", "on"}
+
+
+def _sse(event: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(event)}\n\n".encode()
+
+
+def _final_event(task: Task, base: str) -> dict[str, Any]:
+    message = {"finished": "Finished", "stop": "Stopped", "canceled": "Canceled"}.get(
+        task.status, f"Failed: {task.error}"
+    )
+    return stream_event(
+        task_id=task.task_id,
+        status=task.status,
+        progress=task.progress,
+        message=message,
+        images=[output_url(public_base(base), r) for r in task.result],
+    )
+
+
+def _retry_after() -> int:
+    return 10

@@ -1,0 +1,40 @@
+"""Queueing a generate request: validate, store inputs, write the pending row, wake a worker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from rest_framework.exceptions import ValidationError
+
+from engine.types import EngineInputError
+from generation.catalog import get_catalog
+from generation.params import build_req_params, engine_request_from_params, validate_generate
+from generation.worker import wake_workers
+from history import services
+from history.models import Task
+
+
+def submit_generate(data: Any, *, base_url: str, binary: bool, task_id: str | None = None) -> Task:
+    """Validate ``data`` and queue it. Raises ``ValidationError`` (422) or ``QueueFullError``.
+
+    Everything that can be wrong with a request is found before the row is written: field
+    types and ranges, unknown models and styles, undecodable images, and features the engine
+    does not support. Nothing is stored for a refused request except deduplicated input files.
+    """
+    catalog = get_catalog()
+    validated = validate_generate(data, catalog=catalog, binary=binary)
+    try:
+        catalog.check(engine_request_from_params(validated.values, load_images=False))
+    except EngineInputError as exc:
+        raise ValidationError({exc.field: [exc.message]}) from exc
+    params = build_req_params(validated)
+    webhook_url = params.get("webhook_url") or settings.FOOOCUS_WEBHOOK_URL
+    return services.task_create(
+        task_id=task_id,
+        req_params=params,
+        webhook_url=webhook_url,
+        base_url=base_url,
+        queue_limit=settings.FOOOCUS_QUEUE_SIZE,
+        on_commit=lambda _task: wake_workers(),
+    )

@@ -1,0 +1,207 @@
+"""The API's plain request/response views (the generate endpoint is a consumer)."""
+
+from __future__ import annotations
+
+import mimetypes
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from engine import options
+from generation.catalog import get_catalog
+from generation.events import control_request, stream_event, task_group
+from generation.presenters import task_object
+from generation.serializers import TaskQuerySerializer
+from history import selectors, services
+from history.files import resolve_input, resolve_output
+from history.models import TaskStatus
+
+
+def _base(request: Request | HttpRequest) -> str:
+    return f"{request.scheme}://{request.get_host()}"
+
+
+def _query_error(serializer: TaskQuerySerializer) -> ValidationError:
+    error = ValidationError(serializer.errors)
+    error.location = "query"  # type: ignore[attr-defined]
+    return error
+
+
+class TaskListView(APIView):
+    """``GET /tasks``: history, current and pending lists; ``action=delete`` deletes a range."""
+
+    def get(self, request: Request) -> Response:
+        serializer = TaskQuerySerializer(data=request.query_params)
+        if not serializer.is_valid():
+            raise _query_error(serializer)
+        query: dict[str, Any] = serializer.validated_data
+        if query["action"] == "delete":
+            return self._delete(query)
+        base = _base(request)
+        body: dict[str, list[dict[str, Any]]] = {"history": [], "current": [], "pending": []}
+        span = {"start": query.get("start_at"), "end": query.get("end_at")}
+        page = {"page": query["page"], "page_size": query["page_size"]}
+        if query["query"] in ("all", "history"):
+            body["history"] = [
+                task_object(t, base=base) for t in selectors.task_list_history(**page, **span)
+            ]
+        if query["query"] in ("all", "current"):
+            body["current"] = [task_object(t, base=base) for t in selectors.task_list_running()]
+        if query["query"] in ("all", "pending"):
+            body["pending"] = [
+                task_object(t, base=base) for t in selectors.task_list_pending(**page, **span)
+            ]
+        return Response(body)
+
+    def delete(self, request: Request) -> Response:
+        serializer = TaskQuerySerializer(data={**request.query_params.dict(), "action": "delete"})
+        if not serializer.is_valid():
+            raise _query_error(serializer)
+        return self._delete(serializer.validated_data)
+
+    @staticmethod
+    def _delete(query: dict[str, Any]) -> Response:
+        outcome = services.task_delete_range(start=query["start_at"], end=query["end_at"])
+        return Response({"deleted": outcome.deleted, "files_deleted": outcome.files_deleted})
+
+
+class TaskDetailView(APIView):
+    """``GET /tasks/{task_id}``: one task object, 404 when unknown."""
+
+    def get(self, request: Request, task_id: str) -> Response:
+        task = selectors.task_get(task_id=task_id)
+        if task is None:
+            raise NotFound(f"no task {task_id}")
+        return Response(task_object(task, base=_base(request)))
+
+
+def _publish_end(task_id: str, status_name: str, message: str) -> None:
+    layer = get_channel_layer()
+    if layer is not None:
+        event = stream_event(task_id=task_id, status=status_name, progress=0, message=message)
+        async_to_sync(layer.group_send)(task_group(task_id), {"type": "task.event", "event": event})
+
+
+class TaskCancelView(APIView):
+    """``POST /tasks/{task_id}/cancel``: a waiting task never runs; a running one stops."""
+
+    def post(self, request: Request, task_id: str) -> Response:
+        outcome = services.task_cancel(task_id=task_id)
+        if outcome is None:
+            raise NotFound(f"no task {task_id}")
+        if outcome.action == "canceled":
+            _publish_end(task_id, TaskStatus.CANCELED, "Canceled")
+        elif outcome.action == "stopping":
+            control_request(task_id, "stop")
+        task = selectors.task_get(task_id=task_id) or outcome.task
+        return Response({"action": outcome.action, "task": task_object(task, base=_base(request))})
+
+
+class EngineControlView(APIView):
+    """``POST /v1/engine/control?action=stop|skip``: FooocusAPI's control of the running task."""
+
+    def post(self, request: Request) -> Response:
+        action = request.query_params.get("action") or request.data.get("action", "")
+        if action not in ("stop", "skip"):
+            error = ValidationError({"action": ["must be 'stop' or 'skip'"]})
+            error.location = "query"  # type: ignore[attr-defined]
+            raise error
+        running = selectors.task_list_running()
+        for task in running:
+            control_request(task.task_id, action)
+        return Response(
+            {
+                "action": action,
+                "message": f"task {action} requested" if running else "no task is running",
+                "task_ids": [task.task_id for task in running],
+            }
+        )
+
+
+class AllModelsView(APIView):
+    def get(self, request: Request) -> Response:
+        catalog = get_catalog()
+        return Response(
+            {
+                "model_filenames": catalog.list_files("checkpoints"),
+                "lora_filenames": catalog.list_files("loras"),
+                "vae_filenames": catalog.list_files("vae"),
+                "downloadable_model_filenames": catalog.downloadable("checkpoints"),
+                "downloadable_lora_filenames": catalog.downloadable("loras"),
+            }
+        )
+
+
+class StylesView(APIView):
+    def get(self, request: Request) -> Response:
+        return Response(get_catalog().styles())
+
+
+class PresetsView(APIView):
+    def get(self, request: Request) -> Response:
+        return Response({"default": settings.FOOOCUS_PRESET, "presets": get_catalog().presets()})
+
+
+class OptionsView(APIView):
+    """The allowed values of every enumerated request field."""
+
+    def get(self, request: Request) -> Response:
+        catalog = get_catalog()
+        preset = catalog.preset("initial")
+        return Response(
+            {
+                "performances": list(options.PERFORMANCES),
+                "aspect_ratios": list(preset.aspect_ratios or options.SDXL_ASPECT_RATIOS),
+                "samplers": list(options.SAMPLERS),
+                "schedulers": list(options.SCHEDULERS),
+                "uov_methods": list(options.UOV_METHODS),
+                "outpaint_directions": list(options.OUTPAINT_DIRECTIONS),
+                "cn_types": list(options.CN_TYPES),
+                "cn_type_defaults": {
+                    name: {"cn_stop": stop, "cn_weight": weight}
+                    for name, (stop, weight) in options.CN_TYPE_DEFAULTS.items()
+                },
+                "output_formats": list(options.OUTPUT_FORMATS),
+                "inpaint_engines": list(options.INPAINT_ENGINES),
+                "refiner_swap_methods": list(options.REFINER_SWAP_METHODS),
+                "metadata_schemes": list(options.METADATA_SCHEMES),
+                "vaes": [options.DEFAULT_VAE, *catalog.list_files("vae")],
+            }
+        )
+
+
+def ping(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("pong", content_type="text/plain")
+
+
+def _file_response(path: Any) -> FileResponse:
+    if path is None:
+        raise Http404("no such file")
+    content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    response = FileResponse(path.open("rb"), content_type=content_type)
+    response["Cache-Control"] = "public, max-age=86400, immutable"
+    return response
+
+
+def output_file(request: HttpRequest, day: str, name: str) -> FileResponse:
+    """``GET /outputs/<day>/<name>``: anything leaving the outputs folder is a 404."""
+    return _file_response(resolve_output(day, name))
+
+
+def input_file(request: HttpRequest, name: str) -> FileResponse:
+    """``GET /inputs/<name>``."""
+    return _file_response(resolve_input(name))
+
+
+def example_page(request: HttpRequest) -> FileResponse:
+    """The bundled progress page (self-contained, works offline)."""
+    path = settings.BASE_DIR / "static" / "example.html"
+    return FileResponse(path.open("rb"), content_type="text/html; charset=utf-8")
+

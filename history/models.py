@@ -1,0 +1,86 @@
+"""The Task table is both the queue and the history: a pending row *is* a queue entry."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class TaskStatus(models.TextChoices):
+    PENDING = "pending", "pending"
+    RUNNING = "running", "running"
+    FINISHED = "finished", "finished"
+    FAILED = "failed", "failed"
+    STOP = "stop", "stop"
+    CANCELED = "canceled", "canceled"
+
+
+ENDED_STATUSES: tuple[str, ...] = (
+    TaskStatus.FINISHED,
+    TaskStatus.FAILED,
+    TaskStatus.STOP,
+    TaskStatus.CANCELED,
+)
+
+
+class Task(models.Model):
+    """One generation request, from enqueue to its end, kept as history afterwards."""
+
+    task_id = models.CharField(max_length=32, unique=True, editable=False)
+    status = models.CharField(
+        max_length=16, choices=TaskStatus.choices, default=TaskStatus.PENDING, db_index=False
+    )
+    req_params = models.JSONField(default=dict)
+    webhook_url = models.CharField(max_length=2048, blank=True, default="")
+    # Where the client reached us; absolute result URLs for webhooks are built from it.
+    base_url = models.CharField(max_length=512, blank=True, default="")
+    created_at = models.DateTimeField()
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    progress = models.PositiveSmallIntegerField(default=0)
+    # Output files relative to the outputs folder ("YYYY-MM-DD/name.png"), in result order.
+    result = models.JSONField(default=list, blank=True)
+    seeds = models.JSONField(default=list, blank=True)
+    error = models.TextField(blank=True, default="")
+    worker = models.CharField(max_length=128, blank=True, default="")
+    attempts = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            # The claim query and the pending list: oldest pending first.
+            models.Index(fields=["status", "id"], name="task_status_id_idx"),
+            # Time-range queries and range delete filter on enqueue time.
+            models.Index(fields=["created_at"], name="task_created_idx"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(status__in=[choice.value for choice in TaskStatus]),
+                name="task_status_valid",
+            ),
+            models.CheckConstraint(condition=models.Q(progress__lte=100), name="task_progress_pct"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_id} ({self.status})"
+
+    @property
+    def is_ended(self) -> bool:
+        return self.status in ENDED_STATUSES
+
+
+class WebhookDelivery(models.Model):
+    """One attempt to deliver a task's webhook: kept so failures are visible, not just logged."""
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="webhook_deliveries")
+    url = models.CharField(max_length=2048)
+    attempt = models.PositiveSmallIntegerField()
+    attempted_at = models.DateTimeField()
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    ok = models.BooleanField(default=False)
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["task_id", "attempt"]
+
+    def __str__(self) -> str:
+        return f"webhook #{self.attempt} for {self.task_id}: {'ok' if self.ok else 'failed'}"
