@@ -15,7 +15,7 @@ SDXL_CONFIG_DIR = CONFIG_DIR / "sdxl_base"
 
 @dataclass
 class SDXLComponents:
-    """The modules one SDXL checkpoint provides. ``name`` is the checkpoint's file or folder name."""
+    """The modules one SDXL checkpoint provides; ``name`` is its file or folder name."""
 
     name: str
     unet: UNet2DConditionModel
@@ -89,8 +89,8 @@ def build_tiny_sdxl(seed: int = 0, name: str = "tiny") -> SDXLComponents:
     Deterministic for a given ``seed``. Used by the tests and by the demo model set.
     """
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**TINY_UNET_CONFIG)  # type: ignore[arg-type]
-    vae = AutoencoderKL(**TINY_VAE_CONFIG)  # type: ignore[arg-type]
+    unet = UNet2DConditionModel(**TINY_UNET_CONFIG)
+    vae = AutoencoderKL(**TINY_VAE_CONFIG)
     text_encoder = CLIPTextModel(_tiny_text_config("quick_gelu"))
     text_encoder_2 = CLIPTextModelWithProjection(_tiny_text_config("gelu"))
     tokenizer = CLIPTokenizer.from_pretrained(SDXL_CONFIG_DIR / "tokenizer")

@@ -24,7 +24,7 @@ MODEL_FOLDERS: tuple[str, ...] = (
 class EngineConfig:
     """The engine's environment.
 
-    ``downloads`` maps ``"<folder>/<filename>"`` (e.g. ``"checkpoints/juggernautXL_v8Rundiffusion.safetensors"``)
+    ``downloads`` maps ``"<folder>/<filename>"`` (e.g. ``"loras/sdxl_lcm_lora.safetensors"``)
     to the URL the file is fetched from when a request needs it and it is missing.
     ``device`` is ``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda:N"``.
     """

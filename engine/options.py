@@ -49,7 +49,7 @@ DEFAULT_SCHEDULER = "karras"
 
 @dataclass(frozen=True)
 class Performance:
-    """A performance preset: its step counts and, for the distilled ones, the LoRA and forced values."""
+    """A performance: its step counts and, for the distilled ones, the LoRA and forced values."""
 
     name: str
     steps: int

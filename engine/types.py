@@ -49,7 +49,7 @@ class ModelFileMissingError(EngineError):
 
 
 class TaskStopped(EngineError):
-    """Raised internally when the caller asked to stop; :meth:`Engine.generate` turns it into a result."""
+    """Raised inside the engine on a stop request; ``Engine.generate`` turns it into a result."""
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class LoraSpec:
 
 @dataclass(frozen=True)
 class ImagePromptSpec:
-    """One image-prompt slot (``controlnet_image``); ``stop``/``weight`` None = the type's default."""
+    """One image-prompt slot (``controlnet_image``); None stop/weight = the type's default."""
 
     image: Image.Image
     cn_type: str = "ImagePrompt"
@@ -162,8 +162,8 @@ class EngineEvent:
 
     ``kind == "progress"``: ``progress`` (0..100) and ``message`` (e.g. ``"Sampling step 3/30, image
     1/2 ..."``), with ``preview`` (a small RGB image of the current x0 estimate) during sampling
-    unless previews are disabled. ``kind == "image"``: ``image`` is a finished image, reported as soon
-    as it exists so the caller can save it before the rest of the request is done.
+    unless previews are disabled. ``kind == "image"``: ``image`` is a finished image, reported
+    as soon as it exists so the caller can save it before the rest of the request is done.
     """
 
     kind: EventKind

@@ -20,7 +20,7 @@ application = ProtocolTypeRouter(
         "http": URLRouter(
             [
                 re_path(r"^v1/engine/generate/?$", GenerateConsumer.as_asgi()),
-                re_path(r"", django_application),
+                re_path(r"", django_application),  # type: ignore[arg-type]
             ]
         ),
         "channel": ChannelNameRouter(

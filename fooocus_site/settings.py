@@ -80,6 +80,8 @@ FOOOCUS_WEBHOOK_RETRIES = env_int("FOOOCUS_WEBHOOK_RETRIES", 4)
 FOOOCUS_WEBHOOK_BACKOFF = float(os.environ.get("FOOOCUS_WEBHOOK_BACKOFF", "1.0"))
 # Engine device: auto (CUDA when present), cpu, cuda:N.
 FOOOCUS_DEVICE = os.environ.get("FOOOCUS_DEVICE", "auto").strip() or "auto"
+# CPU threads for torch in the engine worker (0 = torch's default).
+FOOOCUS_TORCH_THREADS = env_int("FOOOCUS_TORCH_THREADS", 0)
 # Model files named by presets are downloaded on first use unless this is off.
 FOOOCUS_ALLOW_DOWNLOADS = env_bool("FOOOCUS_ALLOW_DOWNLOADS", True)
 # Image inputs given as URLs: fetch limits, and whether private/loopback targets are allowed.

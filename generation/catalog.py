@@ -12,8 +12,8 @@ from typing import Any
 from django.conf import settings
 
 from engine.config import EngineConfig
-from engine.types import EngineRequest
 from engine.presets import Preset, all_downloads, list_presets, load_preset
+from engine.types import EngineRequest
 
 
 class Catalog:

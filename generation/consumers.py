@@ -50,7 +50,9 @@ def in_thread(func: Callable[..., T]) -> Callable[..., Awaitable[T]]:
         finally:
             close_old_connections()
 
-    return sync_to_async(functools.update_wrapper(with_fresh_connections, func), thread_sensitive=False)
+    return sync_to_async(
+        functools.update_wrapper(with_fresh_connections, func), thread_sensitive=False
+    )
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str | None:
@@ -89,7 +91,9 @@ def image_format_from_accept(accept: str | None) -> str | None:
 class GenerateConsumer(AsyncHttpConsumer):
     """Validates, queues, and answers in the mode the request chose (API.md §1.2)."""
 
-    async def send_json(self, status: int, body: Any, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    async def send_json(
+        self, status: int, body: Any, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
         await self.send_response(
             status,
             json.dumps(body).encode(),
@@ -98,12 +102,21 @@ class GenerateConsumer(AsyncHttpConsumer):
 
     async def handle(self, body: bytes) -> None:
         if self.scope.get("method") != "POST":
-            await self.send_json(405, {"detail": "Method not allowed; POST a JSON body"}, [(b"Allow", b"POST")])
+            await self.send_json(
+                405, {"detail": "Method not allowed; POST a JSON body"}, [(b"Allow", b"POST")]
+            )
             return
         try:
             data = json.loads(body or b"{}")
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            await self.send_json(422, {"detail": [{"loc": ["body"], "msg": f"invalid JSON: {exc}", "type": "json_invalid"}]})
+            await self.send_json(
+                422,
+                {
+                    "detail": [
+                        {"loc": ["body"], "msg": f"invalid JSON: {exc}", "type": "json_invalid"}
+                    ]
+                },
+            )
             return
         image_format = image_format_from_accept(_header(self.scope, b"accept"))
         wants_stream = isinstance(data, dict) and _flag(data.get("stream_output"))
@@ -119,7 +132,9 @@ class GenerateConsumer(AsyncHttpConsumer):
             await layer.group_add(task_group(task_id), channel)
         try:
             try:
-                task = await in_thread(submit_generate)(data, base_url=base, binary=binary, task_id=task_id)
+                task = await in_thread(submit_generate)(
+                    data, base_url=base, binary=binary, task_id=task_id
+                )
             except ValidationError as exc:
                 await self.send_json(422, validation_error_body(exc.detail))
                 return
@@ -138,7 +153,9 @@ class GenerateConsumer(AsyncHttpConsumer):
                 if binary:
                     await self._send_binary(task, image_format or "", base, task_header)
                 else:
-                    await self.send_json(200, await in_thread(task_object)(task, base=base), task_header)
+                    await self.send_json(
+                        200, await in_thread(task_object)(task, base=base), task_header
+                    )
         finally:
             if channel is not None and layer is not None:
                 await layer.group_discard(task_group(task_id), channel)
@@ -172,7 +189,9 @@ class GenerateConsumer(AsyncHttpConsumer):
         ended = await in_thread(task_get)(task_id=task.task_id)
         return ended or task
 
-    async def _stream(self, task: Task, channel: str | None, base: str, extra: list[tuple[bytes, bytes]]) -> None:
+    async def _stream(
+        self, task: Task, channel: str | None, base: str, extra: list[tuple[bytes, bytes]]
+    ) -> None:
         await self.send_headers(
             status=200,
             headers=[
@@ -182,7 +201,9 @@ class GenerateConsumer(AsyncHttpConsumer):
                 *extra,
             ],
         )
-        first = stream_event(task_id=task.task_id, status=task.status, progress=0, message="Waiting in queue ...")
+        first = stream_event(
+            task_id=task.task_id, status=task.status, progress=0, message="Waiting in queue ..."
+        )
         await self.send_body(_sse(first), more_body=True)
         loop = asyncio.get_running_loop()
         last_sent = loop.time()
@@ -195,7 +216,10 @@ class GenerateConsumer(AsyncHttpConsumer):
                 continue
             if event["task_status"] in ENDED_STATUSES:
                 ended = True
-                event = {**event, "images": [output_url(public_base(base), r) for r in event["images"]]}
+                event = {
+                    **event,
+                    "images": [output_url(public_base(base), r) for r in event["images"]],
+                }
             await self.send_body(_sse(event), more_body=True)
             last_sent = loop.time()
         if not ended:
@@ -205,9 +229,13 @@ class GenerateConsumer(AsyncHttpConsumer):
                 await self.send_body(_sse(_final_event(current, base)), more_body=True)
         await self.send_body(b"", more_body=False)
 
-    async def _send_binary(self, task: Task, image_format: str, base: str, extra: list[tuple[bytes, bytes]]) -> None:
+    async def _send_binary(
+        self, task: Task, image_format: str, base: str, extra: list[tuple[bytes, bytes]]
+    ) -> None:
         if task.status == TaskStatus.FAILED:
-            await self.send_json(500, {"detail": task.error or "generation failed", "task_id": task.task_id}, extra)
+            await self.send_json(
+                500, {"detail": task.error or "generation failed", "task_id": task.task_id}, extra
+            )
             return
         if not task.result:
             await self.send_response(204, b"", headers=extra)
@@ -215,12 +243,16 @@ class GenerateConsumer(AsyncHttpConsumer):
         day, _, name = task.result[0].partition("/")
         path = resolve_output(day, name)
         if path is None:
-            await self.send_json(500, {"detail": "the result file is missing", "task_id": task.task_id}, extra)
+            await self.send_json(
+                500, {"detail": "the result file is missing", "task_id": task.task_id}, extra
+            )
             return
         stored_format = path.suffix.lstrip(".").lower()
         wanted = image_format or stored_format
         data = await in_thread(_image_bytes)(str(path), stored_format, wanted)
-        await self.send_response(200, data, headers=[(b"Content-Type", f"image/{wanted}".encode()), *extra])
+        await self.send_response(
+            200, data, headers=[(b"Content-Type", f"image/{wanted}".encode()), *extra]
+        )
 
 
 def _image_bytes(path: str, stored_format: str, wanted: str) -> bytes:

@@ -85,11 +85,12 @@ def validate_generate(data: Any, *, catalog: Catalog, binary: bool = False) -> V
         raise serializers.ValidationError({"preset": [f"unknown preset {preset_name!r}"]})
     preset = catalog.preset(preset_name)
     merged = {**preset.defaults, **data}
-    if binary:
-        merged["image_number"] = 1
     serializer = GenerateRequestSerializer(data=merged, context={"catalog": catalog})
     serializer.is_valid(raise_exception=True)
     values = dict(serializer.validated_data)
+    if binary:
+        # One image answers a binary request (after validation, so a bad value is still named).
+        values["image_number"] = 1
     # The preset may replace a LoRA performance's file (other model families, the demo set).
     values["performance_lora_name"] = preset.performance_loras.get(values["performance_selection"])
     return ValidatedGenerate(values=values, sent=sent)
@@ -213,7 +214,7 @@ def engine_request_from_params(
         inpaint_mask_image=image("inpaint_mask_image_upload"),
         inpaint_additional_prompt=params["inpaint_additional_prompt"],
         outpaint_selections=tuple(params["outpaint_selections"]),
-        outpaint_distance=tuple(params["outpaint_distance"]),  # type: ignore[arg-type]
+        outpaint_distance=tuple(params["outpaint_distance"]),
         inpaint_engine=params["inpaint_engine"],
         inpaint_strength=params["inpaint_strength"],
         inpaint_respective_field=params["inpaint_respective_field"],

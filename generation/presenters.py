@@ -47,8 +47,11 @@ def _base64_of(relative: str) -> str | None:
     return base64.b64encode(path.read_bytes()).decode("ascii") if path else None
 
 
-def task_object(task: Task, *, base: str, with_live: bool = True) -> dict[str, Any]:
-    """The JSON task object. ``preview`` and live progress are added while it runs."""
+def task_object(
+    task: Task, *, base: str, with_live: bool = True, with_deliveries: bool = False
+) -> dict[str, Any]:
+    """The JSON task object. ``preview`` and live progress are added while it runs;
+    ``with_deliveries`` adds the webhook attempts (one extra query, so only for single tasks)."""
     base = public_base(base)
     live = live_get(task.task_id) if with_live and task.status == TaskStatus.RUNNING else None
     progress = task.progress
@@ -70,6 +73,18 @@ def task_object(task: Task, *, base: str, with_live: bool = True) -> dict[str, A
         "seeds": list(task.seeds),
         "error": task.error or None,
     }
+    if with_deliveries:
+        body["webhook_deliveries"] = [
+            {
+                "attempt": delivery.attempt,
+                "url": delivery.url,
+                "at_mills": _mills(delivery.attempted_at),
+                "status_code": delivery.status_code,
+                "ok": delivery.ok,
+                "error": delivery.error or None,
+            }
+            for delivery in task.webhook_deliveries.all()
+        ]
     if task.req_params.get("require_base64"):
         body["result_base64"] = [_base64_of(relative) for relative in task.result]
     return body

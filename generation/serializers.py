@@ -313,10 +313,11 @@ class TaskQuerySerializer(serializers.Serializer):
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         start, end = attrs.get("start_at"), attrs.get("end_at")
-        if start is not None and end is None:
-            attrs["end_at"] = end = timezone.now()
         if start is not None and end is not None and start > end:
             raise serializers.ValidationError({"end_at": "must not be before start_at"})
+        if start is not None and end is None:
+            # "Until now": a start in the future simply selects nothing.
+            attrs["end_at"] = max(start, timezone.now())
         if attrs["action"] == "delete" and start is None:
             raise serializers.ValidationError(
                 {"start_at": "a time range is required to delete; nothing was deleted"}

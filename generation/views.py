@@ -46,17 +46,21 @@ class TaskListView(APIView):
             return self._delete(query)
         base = _base(request)
         body: dict[str, list[dict[str, Any]]] = {"history": [], "current": [], "pending": []}
-        span = {"start": query.get("start_at"), "end": query.get("end_at")}
-        page = {"page": query["page"], "page_size": query["page_size"]}
+        window: dict[str, Any] = {
+            "page": query["page"],
+            "page_size": query["page_size"],
+            "start": query.get("start_at"),
+            "end": query.get("end_at"),
+        }
         if query["query"] in ("all", "history"):
             body["history"] = [
-                task_object(t, base=base) for t in selectors.task_list_history(**page, **span)
+                task_object(t, base=base) for t in selectors.task_list_history(**window)
             ]
         if query["query"] in ("all", "current"):
             body["current"] = [task_object(t, base=base) for t in selectors.task_list_running()]
         if query["query"] in ("all", "pending"):
             body["pending"] = [
-                task_object(t, base=base) for t in selectors.task_list_pending(**page, **span)
+                task_object(t, base=base) for t in selectors.task_list_pending(**window)
             ]
         return Response(body)
 
@@ -79,7 +83,7 @@ class TaskDetailView(APIView):
         task = selectors.task_get(task_id=task_id)
         if task is None:
             raise NotFound(f"no task {task_id}")
-        return Response(task_object(task, base=_base(request)))
+        return Response(task_object(task, base=_base(request), with_deliveries=True))
 
 
 def _publish_end(task_id: str, status_name: str, message: str) -> None:
@@ -108,7 +112,8 @@ class EngineControlView(APIView):
     """``POST /v1/engine/control?action=stop|skip``: FooocusAPI's control of the running task."""
 
     def post(self, request: Request) -> Response:
-        action = request.query_params.get("action") or request.data.get("action", "")
+        data = request.data if isinstance(request.data, dict) else {}
+        action = request.query_params.get("action") or data.get("action", "")
         if action not in ("stop", "skip"):
             error = ValidationError({"action": ["must be 'stop' or 'skip'"]})
             error.location = "query"  # type: ignore[attr-defined]
@@ -204,4 +209,3 @@ def example_page(request: HttpRequest) -> FileResponse:
     """The bundled progress page (self-contained, works offline)."""
     path = settings.BASE_DIR / "static" / "example.html"
     return FileResponse(path.open("rb"), content_type="text/html; charset=utf-8")
-

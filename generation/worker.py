@@ -110,6 +110,10 @@ class EngineWorker:
 
     # The loop ----------------------------------------------------------------------------
     def _run(self) -> None:
+        if settings.FOOOCUS_TORCH_THREADS > 0:
+            import torch
+
+            torch.set_num_threads(settings.FOOOCUS_TORCH_THREADS)
         close_old_connections()
         services.task_requeue_orphans()
         while not self._stopping.is_set():
@@ -200,7 +204,9 @@ class EngineWorker:
         params = run.task.req_params
         number = run.done_before + event.image.index + 1
         run.publish(event.progress, f"Saving image {number}/{run.total} to system ...")
-        metadata_text = event.image.metadata.get("text") if params["save_metadata_to_images"] else None
+        metadata_text = (
+            event.image.metadata.get("metadata_text") if params["save_metadata_to_images"] else None
+        )
         data = encode_image(
             event.image.image,
             params["output_format"],
@@ -238,7 +244,9 @@ def _grid(images: list[Image.Image]) -> Image.Image:
     width, height = images[0].size
     grid = Image.new("RGB", (columns * width, rows * height))
     for index, image in enumerate(images):
-        grid.paste(image.resize((width, height)), ((index % columns) * width, (index // columns) * height))
+        grid.paste(
+            image.resize((width, height)), ((index % columns) * width, (index // columns) * height)
+        )
     return grid
 
 

@@ -5,52 +5,97 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Task',
+            name="Task",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('task_id', models.CharField(editable=False, max_length=32, unique=True)),
-                ('status', models.CharField(choices=[('pending', 'pending'), ('running', 'running'), ('finished', 'finished'), ('failed', 'failed'), ('stop', 'stop'), ('canceled', 'canceled')], default='pending', max_length=16)),
-                ('req_params', models.JSONField(default=dict)),
-                ('webhook_url', models.CharField(blank=True, default='', max_length=2048)),
-                ('base_url', models.CharField(blank=True, default='', max_length=512)),
-                ('created_at', models.DateTimeField()),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('progress', models.PositiveSmallIntegerField(default=0)),
-                ('result', models.JSONField(blank=True, default=list)),
-                ('seeds', models.JSONField(blank=True, default=list)),
-                ('error', models.TextField(blank=True, default='')),
-                ('worker', models.CharField(blank=True, default='', max_length=128)),
-                ('attempts', models.PositiveSmallIntegerField(default=0)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("task_id", models.CharField(editable=False, max_length=32, unique=True)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "pending"),
+                            ("running", "running"),
+                            ("finished", "finished"),
+                            ("failed", "failed"),
+                            ("stop", "stop"),
+                            ("canceled", "canceled"),
+                        ],
+                        default="pending",
+                        max_length=16,
+                    ),
+                ),
+                ("req_params", models.JSONField(default=dict)),
+                ("webhook_url", models.CharField(blank=True, default="", max_length=2048)),
+                ("base_url", models.CharField(blank=True, default="", max_length=512)),
+                ("created_at", models.DateTimeField()),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                ("progress", models.PositiveSmallIntegerField(default=0)),
+                ("result", models.JSONField(blank=True, default=list)),
+                ("seeds", models.JSONField(blank=True, default=list)),
+                ("error", models.TextField(blank=True, default="")),
+                ("worker", models.CharField(blank=True, default="", max_length=128)),
+                ("attempts", models.PositiveSmallIntegerField(default=0)),
             ],
             options={
-                'ordering': ['-id'],
-                'indexes': [models.Index(fields=['status', 'id'], name='task_status_id_idx'), models.Index(fields=['created_at'], name='task_created_idx')],
-                'constraints': [models.CheckConstraint(condition=models.Q(('status__in', ['pending', 'running', 'finished', 'failed', 'stop', 'canceled'])), name='task_status_valid'), models.CheckConstraint(condition=models.Q(('progress__lte', 100)), name='task_progress_pct')],
+                "ordering": ["-id"],
+                "indexes": [
+                    models.Index(fields=["status", "id"], name="task_status_id_idx"),
+                    models.Index(fields=["created_at"], name="task_created_idx"),
+                ],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            (
+                                "status__in",
+                                ["pending", "running", "finished", "failed", "stop", "canceled"],
+                            )
+                        ),
+                        name="task_status_valid",
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(("progress__lte", 100)), name="task_progress_pct"
+                    ),
+                ],
             },
         ),
         migrations.CreateModel(
-            name='WebhookDelivery',
+            name="WebhookDelivery",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('url', models.CharField(max_length=2048)),
-                ('attempt', models.PositiveSmallIntegerField()),
-                ('attempted_at', models.DateTimeField()),
-                ('status_code', models.PositiveSmallIntegerField(blank=True, null=True)),
-                ('ok', models.BooleanField(default=False)),
-                ('error', models.TextField(blank=True, default='')),
-                ('task', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='webhook_deliveries', to='history.task')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("url", models.CharField(max_length=2048)),
+                ("attempt", models.PositiveSmallIntegerField()),
+                ("attempted_at", models.DateTimeField()),
+                ("status_code", models.PositiveSmallIntegerField(blank=True, null=True)),
+                ("ok", models.BooleanField(default=False)),
+                ("error", models.TextField(blank=True, default="")),
+                (
+                    "task",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="webhook_deliveries",
+                        to="history.task",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['task_id', 'attempt'],
+                "ordering": ["task_id", "attempt"],
             },
         ),
     ]

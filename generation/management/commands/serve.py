@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
+import signal
 from typing import Any
 
 from django.conf import settings
@@ -22,6 +24,8 @@ class Command(BaseCommand):
         parser.add_argument("--preset", default=None, help="default preset (e.g. demo)")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # `kill -USR1 <pid>` prints every thread's stack: the way to see what a stuck worker does.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         # daphne.server installs Twisted's asyncio reactor; it must come before anything else
         # imports the reactor.
         import daphne.server
@@ -48,8 +52,13 @@ class Command(BaseCommand):
             verbosity=0,
         )
         runtime: dict[str, Any] = {}
-        reactor.callWhenRunning(self._start_worker, application, runtime)  # type: ignore[attr-defined]
-        reactor.addSystemEventTrigger("before", "shutdown", self._stop_worker, runtime)  # type: ignore[attr-defined]
+        reactor.callWhenRunning(self._start_worker, application, runtime)
+        reactor.addSystemEventTrigger(
+            "before",
+            "shutdown",  # type: ignore[arg-type]
+            self._stop_worker,
+            runtime,
+        )
         self.stdout.write(
             f"Fooocus API on http://{host}:{port}/ (preset {settings.FOOOCUS_PRESET}); "
             "Ctrl-C to stop"

@@ -1,0 +1,51 @@
+"""Noise schedules, sigma lists, seeded noise and k-diffusion-style samplers."""
+
+from engine.sampling.noise import (
+    BrownianNoise,
+    GaussianNoise,
+    NoiseSampler,
+    image_seed,
+    initial_noise,
+    scale_initial_noise,
+)
+from engine.sampling.samplers import (
+    SAMPLER_SPECS,
+    SUPPORTED_SAMPLERS,
+    Denoiser,
+    SamplerSpec,
+    StepCallback,
+    get_sampler,
+    make_noise,
+    sample,
+)
+from engine.sampling.schedules import (
+    SUPPORTED_SCHEDULERS,
+    NoiseSchedule,
+    build_sigmas,
+    check_scheduler,
+    schedule_for,
+    training_sigmas,
+)
+
+__all__ = [
+    "SAMPLER_SPECS",
+    "SUPPORTED_SAMPLERS",
+    "SUPPORTED_SCHEDULERS",
+    "BrownianNoise",
+    "Denoiser",
+    "GaussianNoise",
+    "NoiseSampler",
+    "NoiseSchedule",
+    "SamplerSpec",
+    "StepCallback",
+    "build_sigmas",
+    "check_scheduler",
+    "get_sampler",
+    "image_seed",
+    "initial_noise",
+    "make_noise",
+    "sample",
+    "scale_initial_noise",
+    "schedule_for",
+    "training_sigmas",
+]

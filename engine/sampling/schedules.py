@@ -1,0 +1,238 @@
+"""The SDXL noise schedule and the sigma lists ("schedulers") built on it.
+
+Everything here follows Fooocus 2.5.5 (reference §2.2-2.3): a discrete, eps-predicting model trained
+on 1000 timesteps with "scaled linear" betas. A :class:`NoiseSchedule` maps between sigmas and UNet
+timesteps and turns the model's eps into a denoised estimate; :func:`build_sigmas` makes the
+``steps + 1`` sigmas a sampler walks through (the last one is always 0).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from engine.types import EngineInputError, FeatureNotSupportedError
+
+TRAINING_STEPS = 1000
+BETA_START = 0.00085
+BETA_END = 0.012
+KARRAS_RHO = 7.0
+# Distilled (LCM/TCD) models only learned every 20th timestep of the 1000: t = 19, 39, ..., 999.
+DISTILLED_STEPS = 50
+LCM_SIGMA_DATA = 0.5
+LCM_TIMESTEP_SCALING = 10.0
+TURBO_MAX_STEPS = 10
+# NVIDIA's "Align Your Steps" noise levels for SDXL (from the AYS paper's published table).
+AYS_SDXL_SIGMAS: tuple[float, ...] = (
+    14.6146,
+    6.3184,
+    3.7682,
+    2.1811,
+    1.3405,
+    0.8621,
+    0.5551,
+    0.3799,
+    0.2332,
+    0.1114,
+    0.0292,
+)
+
+SUPPORTED_SCHEDULERS: tuple[str, ...] = (
+    "normal",
+    "karras",
+    "exponential",
+    "sgm_uniform",
+    "simple",
+    "ddim_uniform",
+    "lcm",
+    "tcd",
+    "turbo",
+    "align_your_steps",
+)
+
+
+def training_sigmas() -> torch.Tensor:
+    """The 1000 training sigmas of SDXL, ascending (index = timestep), float32.
+
+    Betas are linear in sqrt(beta) from 0.00085 to 0.012; sigma(t) = sqrt((1 - abar_t) / abar_t).
+    Computed in float64 and stored in float32, as the reference implementation does.
+    """
+    betas = torch.linspace(BETA_START**0.5, BETA_END**0.5, TRAINING_STEPS, dtype=torch.float64) ** 2
+    alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+    return (((1.0 - alphas_cumprod) / alphas_cumprod) ** 0.5).float()
+
+
+class NoiseSchedule:
+    """Sigma <-> timestep mapping and the eps -> denoised rule of one kind of model.
+
+    ``distilled`` keeps only the 50 timesteps LCM/TCD models were distilled on (the UNet timestep
+    is snapped to that grid); ``lcm_output`` adds LCM's boundary-condition output
+    (denoised = c_out * x0 + c_skip * x, sigma_data 0.5, timestep scaling 10).
+    """
+
+    def __init__(self, *, distilled: bool = False, lcm_output: bool = False) -> None:
+        full = training_sigmas()
+        self.distilled = distilled
+        self.lcm_output = lcm_output
+        self.stride = TRAINING_STEPS // DISTILLED_STEPS if distilled else 1
+        # Valid sigma k sits at training timestep k * stride + (stride - 1): 19, 39, ... 999.
+        self.sigmas = full[self.stride - 1 :: self.stride].clone() if distilled else full
+        self.log_sigmas = self.sigmas.log()
+
+    @property
+    def sigma_min(self) -> float:
+        """The smallest sigma the model knows."""
+        return float(self.sigmas[0])
+
+    @property
+    def sigma_max(self) -> float:
+        """The largest sigma the model knows (pure noise)."""
+        return float(self.sigmas[-1])
+
+    def timestep(self, sigma: float) -> int:
+        """The integer training timestep whose sigma is nearest to ``sigma`` in log space."""
+        index = int((math.log(sigma) - self.log_sigmas).abs().argmin())
+        return index * self.stride + (self.stride - 1)
+
+    def sigma(self, timestep: float) -> float:
+        """Sigma at a (possibly fractional) timestep, interpolated linearly in log sigma."""
+        position = (timestep - (self.stride - 1)) / self.stride
+        position = min(max(position, 0.0), len(self.sigmas) - 1.0)
+        low = math.floor(position)
+        high = math.ceil(position)
+        frac = position - low
+        log_sigma = (1.0 - frac) * float(self.log_sigmas[low]) + frac * float(self.log_sigmas[high])
+        return math.exp(log_sigma)
+
+    def denoised(self, x: torch.Tensor, sigma: float, eps: torch.Tensor) -> torch.Tensor:
+        """The model's x0 estimate from its eps prediction at ``sigma``."""
+        x0 = x - sigma * eps
+        if not self.lcm_output:
+            return x0
+        scaled_t = self.timestep(sigma) * LCM_TIMESTEP_SCALING
+        c_skip = LCM_SIGMA_DATA**2 / (scaled_t**2 + LCM_SIGMA_DATA**2)
+        c_out = scaled_t / (scaled_t**2 + LCM_SIGMA_DATA**2) ** 0.5
+        return c_out * x0 + c_skip * x
+
+
+def schedule_for(scheduler_name: str) -> tuple[NoiseSchedule, str]:
+    """The noise schedule a scheduler name implies, and the sigma-list rule to use with it.
+
+    Fooocus turns the ``lcm`` and ``tcd`` schedulers into ``sgm_uniform`` on a distilled model
+    sampling (LCM output for ``lcm``, plain eps for ``tcd``); every other name keeps the plain one.
+    """
+    check_scheduler(scheduler_name)
+    if scheduler_name == "lcm":
+        return NoiseSchedule(distilled=True, lcm_output=True), "sgm_uniform"
+    if scheduler_name == "tcd":
+        return NoiseSchedule(distilled=True), "sgm_uniform"
+    return NoiseSchedule(), scheduler_name
+
+
+def check_scheduler(scheduler_name: str, steps: int | None = None) -> None:
+    """Raise the typed error for a scheduler this engine cannot run (with ``steps`` if known)."""
+    if scheduler_name == "edm_playground_v2.5":
+        raise FeatureNotSupportedError(
+            "scheduler_name",
+            "scheduler 'edm_playground_v2.5' is not supported yet "
+            "(it needs a Playground v2.5 model)",
+        )
+    if scheduler_name not in SUPPORTED_SCHEDULERS:
+        raise EngineInputError("scheduler_name", f"unknown scheduler '{scheduler_name}'")
+    if scheduler_name == "turbo" and steps is not None and steps > TURBO_MAX_STEPS:
+        raise EngineInputError(
+            "scheduler_name",
+            f"scheduler 'turbo' has {TURBO_MAX_STEPS} timesteps; {steps} steps were asked for",
+        )
+
+
+def build_sigmas(scheduler_name: str, steps: int, schedule: NoiseSchedule) -> torch.Tensor:
+    """The sigmas (float32, descending, last one 0) the sampler walks for ``steps`` steps.
+
+    ``scheduler_name`` is the rule returned by :func:`schedule_for` (``lcm``/``tcd`` already
+    mapped to ``sgm_uniform``). Usually ``steps + 1`` values; ``ddim_uniform`` can give one more
+    when 1000 is not a multiple of ``steps``, as in Fooocus.
+    """
+    check_scheduler(scheduler_name, steps)
+    if steps < 1:
+        raise EngineInputError("steps", "at least one sampling step is needed")
+    rule = "sgm_uniform" if scheduler_name in ("lcm", "tcd") else scheduler_name
+    values = _SCHEDULERS[rule](steps, schedule)
+    return torch.tensor([*values, 0.0], dtype=torch.float32)
+
+
+def _uniform_in_time(steps: int, schedule: NoiseSchedule, *, sgm: bool) -> list[float]:
+    start = schedule.timestep(schedule.sigma_max)
+    end = schedule.timestep(schedule.sigma_min)
+    # sgm_uniform spaces N + 1 points and drops the last, so it never lands on t_min itself.
+    count = steps + 1 if sgm else steps
+    times = torch.linspace(start, end, count, dtype=torch.float32).tolist()
+    if sgm:
+        times = times[:-1]
+    return [schedule.sigma(t) for t in times]
+
+
+def _normal(steps: int, schedule: NoiseSchedule) -> list[float]:
+    return _uniform_in_time(steps, schedule, sgm=False)
+
+
+def _sgm_uniform(steps: int, schedule: NoiseSchedule) -> list[float]:
+    return _uniform_in_time(steps, schedule, sgm=True)
+
+
+def _karras(steps: int, schedule: NoiseSchedule) -> list[float]:
+    ramp = torch.linspace(0.0, 1.0, steps, dtype=torch.float64)
+    inv_max = schedule.sigma_max ** (1.0 / KARRAS_RHO)
+    inv_min = schedule.sigma_min ** (1.0 / KARRAS_RHO)
+    return ((inv_max + ramp * (inv_min - inv_max)) ** KARRAS_RHO).tolist()
+
+
+def _exponential(steps: int, schedule: NoiseSchedule) -> list[float]:
+    logs = torch.linspace(math.log(schedule.sigma_max), math.log(schedule.sigma_min), steps)
+    return logs.double().exp().tolist()
+
+
+def _simple(steps: int, schedule: NoiseSchedule) -> list[float]:
+    stride = len(schedule.sigmas) / steps
+    return [float(schedule.sigmas[-(1 + int(k * stride))]) for k in range(steps)]
+
+
+def _ddim_uniform(steps: int, schedule: NoiseSchedule) -> list[float]:
+    stride = len(schedule.sigmas) // steps
+    indices = range(1, len(schedule.sigmas), stride)
+    return [float(schedule.sigmas[i]) for i in reversed(indices)]
+
+
+def _turbo(steps: int, schedule: NoiseSchedule) -> list[float]:
+    # SD-Turbo's timesteps 999, 899, ..., 99, the first `steps` of them.
+    return [schedule.sigma(999 - 100 * k) for k in range(steps)]
+
+
+def _align_your_steps(steps: int, schedule: NoiseSchedule) -> list[float]:
+    # Resample the published levels to steps + 1 points, linearly in log sigma over an even grid;
+    # the last point is replaced by the final 0 that build_sigmas appends.
+    levels = list(AYS_SDXL_SIGMAS)
+    if steps + 1 == len(levels):
+        return levels[:-1]
+    logs = [math.log(v) for v in reversed(levels)]  # ascending
+    span = len(logs) - 1
+    out = []
+    for k in range(steps + 1):
+        pos = k / steps * span
+        low = min(int(pos), span - 1)
+        frac = pos - low
+        out.append(math.exp((1 - frac) * logs[low] + frac * logs[low + 1]))
+    return list(reversed(out))[:-1]
+
+
+_SCHEDULERS = {
+    "normal": _normal,
+    "karras": _karras,
+    "exponential": _exponential,
+    "sgm_uniform": _sgm_uniform,
+    "simple": _simple,
+    "ddim_uniform": _ddim_uniform,
+    "turbo": _turbo,
+    "align_your_steps": _align_your_steps,
+}

@@ -1,0 +1,38 @@
+"""Shared fixtures: the demo model set (built once) and a live demo server."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.server import LiveServer, start_server
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> None:
+    """The test process shares two cores with the servers it starts; spinning threads only
+    slow everything down."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def demo_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo model set, written once per test session by the engine's own writer."""
+    from engine.demo import create_demo_models
+
+    models = tmp_path_factory.mktemp("models")
+    create_demo_models(models)
+    return models
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, demo_models: Path) -> Iterator[LiveServer]:
+    """One real server (daphne + engine worker, demo preset) shared by the API tests."""
+    live = start_server(tmp_path_factory.mktemp("server"), demo_models)
+    yield live
+    live.stop(signal.SIGTERM)
