@@ -17,6 +17,8 @@ MODEL_FOLDERS: tuple[str, ...] = (
     "controlnet",
     "clip_vision",
     "prompt_expansion",
+    "prompt_expansion/fooocus_expansion",
+    "safety_checker",
 )
 
 
@@ -34,3 +36,11 @@ class EngineConfig:
     downloads: Mapping[str, str] = field(default_factory=dict)
     device: str = "auto"
     allow_downloads: bool = True
+    wildcards_dir: Path | None = None
+    """Folder of ``<name>.txt`` wildcard files (searched recursively); None means the
+    ``wildcards`` folder beside ``styles_dir``."""
+
+    @property
+    def wildcards_path(self) -> Path:
+        """Where wildcard files are looked up."""
+        return self.wildcards_dir or self.styles_dir.parent / "wildcards"

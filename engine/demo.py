@@ -16,11 +16,17 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL
+from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 from safetensors.torch import save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import CLIPConfig, GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
 
 from engine import checkpoint_keys as keys
 from engine.components import SDXL_CONFIG_DIR, TINY_VAE_CONFIG, SDXLComponents, build_tiny_sdxl
+from engine.expansion import EXPANSION_FOLDER
+from engine.loader import SIDECAR_SUFFIX
 from engine.lora import LoraTargets
+from engine.safety import SAFETY_FILE, SAFETY_FOLDER
 
 DEMO_CHECKPOINT = "fooocus_demo_tiny.safetensors"
 DEMO_DIFFUSERS = "fooocus_demo_tiny_diffusers"
@@ -57,6 +63,31 @@ DEMO_LORAS: dict[str, tuple[str, ...]] = {
 }
 LORA_RANK = 4
 LORA_ALPHA = 2.0
+
+# The demo expansion's word list (our own choice of common image-prompt words).
+DEMO_EXPANSION_WORDS: tuple[str, ...] = (
+    "detailed",
+    "cinematic",
+    "sharp",
+    "focus",
+    "elegant",
+    "light",
+    "color",
+    "dramatic",
+    "beautiful",
+    "intricate",
+    "vivid",
+    "soft",
+    "glowing",
+    "highly",
+    "atmosphere",
+    "composition",
+    "perfect",
+    "stunning",
+    "warm",
+    "calm",
+)
+END_OF_TEXT = "<|endoftext|>"
 
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -135,6 +166,72 @@ def _demo_vae_state() -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in ldm.items()}
 
 
+def write_tiny_expansion(folder: Path, words: tuple[str, ...] = DEMO_EXPANSION_WORDS) -> None:
+    """Write a tiny random GPT-2 expansion model folder (the layout of Fooocus's) to ``folder``.
+
+    The byte-level BPE tokenizer is built here, offline: the 256 byte symbols plus one merge chain
+    per word (``Ġd``, ``Ġde``, ... ``Ġdetailed``), so each word of ``positive.txt`` is one token
+    after a space, as in GPT-2's vocabulary. The weights go to ``pytorch_model.bin`` like the real
+    download.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab: dict[str, int] = {END_OF_TEXT: 0}
+    for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[symbol] = len(vocab)
+    merges: list[tuple[str, str]] = []
+    for word in words:
+        current = "Ġ"
+        for char in word:
+            joined = current + char
+            if joined not in vocab:
+                merges.append((current, char))
+                vocab[joined] = len(vocab)
+            current = joined
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    tokenizer = GPT2Tokenizer(
+        tokenizer_object=bpe, bos_token=END_OF_TEXT, eos_token=END_OF_TEXT, unk_token=END_OF_TEXT
+    )
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(DEMO_SEED + 2)
+    config = GPT2Config(
+        vocab_size=len(vocab),
+        n_positions=256,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    model = GPT2LMHeadModel(config)
+    config.save_pretrained(folder)
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    (folder / "positive.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
+
+
+def tiny_safety_config() -> CLIPConfig:
+    """A CLIP config small enough for a CPU: a 2-layer, 32-wide vision tower on 32-px images."""
+    tiny = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
+    return CLIPConfig(
+        vision_config={**tiny, "num_attention_heads": 2, "patch_size": 8, "image_size": 32},
+        text_config={**tiny, "num_attention_heads": 2},
+        projection_dim=16,
+    )
+
+
+def write_tiny_safety_checker(path: Path) -> None:
+    """A random safety checker state dict at ``path`` (its config is the sidecar folder written
+    from :func:`tiny_safety_config`).
+
+    Its concept thresholds stay at the class's initial 1.0, which no cosine similarity exceeds,
+    so the demo checker never flags an image.
+    """
+    torch.manual_seed(DEMO_SEED + 3)
+    checker = StableDiffusionSafetyChecker(tiny_safety_config())
+    torch.save({k: v.contiguous() for k, v in checker.state_dict().items()}, path)
+
+
 def create_demo_models(models_dir: Path, *, overwrite: bool = False) -> list[Path]:
     """Write the demo model set under ``models_dir`` and return the paths of its files.
 
@@ -149,6 +246,9 @@ def create_demo_models(models_dir: Path, *, overwrite: bool = False) -> list[Pat
         "sidecar": checkpoints / (stem + ".config"),
         "diffusers": checkpoints / DEMO_DIFFUSERS,
         "vae": models_dir / "vae" / DEMO_VAE,
+        "expansion": models_dir / EXPANSION_FOLDER,
+        "safety": models_dir / SAFETY_FOLDER / SAFETY_FILE,
+        "safety_config": models_dir / SAFETY_FOLDER / (Path(SAFETY_FILE).stem + SIDECAR_SUFFIX),
     }
     lora_paths = [models_dir / "loras" / name for name in DEMO_LORAS]
     todo = [p for p in (*paths.values(), *lora_paths) if overwrite or not p.exists()]
@@ -167,6 +267,9 @@ def _write(models_dir: Path, paths: dict[str, Path], todo: list[Path]) -> None:
         paths["sidecar"]: lambda p: write_config_folder(components, p),
         paths["diffusers"]: lambda p: write_diffusers_folder(components, p),
         paths["vae"]: lambda p: save_file(_demo_vae_state(), str(p)),
+        paths["expansion"]: write_tiny_expansion,
+        paths["safety"]: write_tiny_safety_checker,
+        paths["safety_config"]: lambda p: tiny_safety_config().save_pretrained(p),
     }
     for index, (name, modules) in enumerate(DEMO_LORAS.items()):
         state = _lora_state(components, modules, DEMO_SEED + 10 + index)

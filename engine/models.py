@@ -66,6 +66,7 @@ class ModelManager:
         use_full = device.type == "cpu" or dtype == torch.float32
         self.vae_dtype = torch.float32 if use_full else torch.bfloat16
         self._base: _LoadedBase | None = None
+        self._refiner: _LoadedBase | None = None
 
     @property
     def loaded_name(self) -> str | None:
@@ -177,6 +178,38 @@ class ModelManager:
             report(f"LoRAs applied: {applied}")
         return base.view
 
+    def load_refiner(
+        self,
+        name: str,
+        *,
+        loras: Sequence[tuple[str, float]] = (),
+        on_message: MessageCallback | None = None,
+    ) -> SDXLComponents:
+        """The refiner checkpoint ``name``, kept beside the base model, with the user's LoRAs.
+
+        LoRAs that do not fit the refiner are left out of it (Fooocus skips them silently); the
+        refiner's own text encoders are never used (its conditioning comes from the base's).
+        """
+        report = on_message or _ignore
+        path = self.require("checkpoints", name, on_message)
+        lora_paths = [(self.require("loras", file, on_message), weight) for file, weight in loras]
+        refiner = self._refiner
+        mtime_ns = path.stat().st_mtime_ns
+        if refiner is None or refiner.name != name or refiner.mtime_ns != mtime_ns:
+            self._refiner = None
+            gc.collect()
+            report(f"Loading refiner {name} ...")
+            try:
+                refiner = self._refiner = self._load_base(name, path, mtime_ns)
+            except EngineInputError as exc:
+                raise EngineInputError("refiner_model_name", exc.message) from exc
+        try:
+            refiner.patcher.apply(lora_paths)
+        except EngineInputError as exc:
+            report(f"LoRAs not applied to the refiner: {exc.message}")
+            refiner.patcher.apply([])
+        return refiner.view
+
     def _load_base(self, name: str, path: Path, mtime_ns: int) -> _LoadedBase:
         try:
             components = load_checkpoint(path, self.dtype, self.vae_dtype)
@@ -214,6 +247,7 @@ class ModelManager:
     def clear(self) -> None:
         """Drop every loaded model and give the memory back (CUDA cache included)."""
         self._base = None
+        self._refiner = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

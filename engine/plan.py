@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from engine.guidance import GuidanceSettings
 from engine.options import MAX_LORAS, NO_MODEL, PERFORMANCES
+from engine.prompt_syntax import extract_lora_tags, merge_prompt_loras
+from engine.prompts import split_lines
+from engine.tasks import PromptLines
 from engine.types import EngineInputError, EngineRequest
 
 
@@ -21,13 +26,27 @@ class Plan:
     adm_negative: float
     loras: tuple[tuple[str, float], ...]
     refiner: str
+    lines: PromptLines
+    """The prompt lines, ``<lora:...>`` tags taken out of the main line."""
+    switch: int
+    """The step index after whose model call the refiner takes over (>= steps: never)."""
 
 
-def plan_request(request: EngineRequest) -> Plan:
+def refiner_switch_step(performance_steps: int, refiner_switch: float, overwrite: float) -> int:
+    """int(round(steps · refiner_switch)) with Python's round (ties to even: 30 · 0.75 → 22),
+    from the performance's step count (before overwrite_step), or ``overwrite`` when > 0 (§4)."""
+    if overwrite > 0:
+        return int(overwrite)
+    return round(performance_steps * refiner_switch)
+
+
+def plan_request(request: EngineRequest, lora_files: Sequence[str] = ()) -> Plan:
     """Resolve steps, sampler, scheduler, guidance values and LoRAs for ``request`` (§1).
 
     The LoRA performances append their LoRA (``performance_lora_name`` replaces its file) and
     force guidance 1, sharpness 0, adaptive CFG 1, ADM 1/1/0, their sampler/scheduler, no refiner.
+    ``lora_files`` are the LoRA files ``<lora:name:weight>`` tags of the main line may name
+    (the performance LoRA excluded).
     """
     perf = PERFORMANCES.get(request.performance_selection)
     if perf is None:
@@ -35,14 +54,22 @@ def plan_request(request: EngineRequest) -> Plan:
             "performance_selection", f"unknown performance '{request.performance_selection}'"
         )
     steps = request.overwrite_step if request.overwrite_step > 0 else perf.steps
+    main, extras = split_lines(request.prompt)
+    negative_main, negative_extras = split_lines(request.negative_prompt)
+    performance_file = request.performance_lora_name or perf.lora_file
+    taggable = [f for f in lora_files if Path(f).name != performance_file]
+    main, tagged = extract_lora_tags(main, taggable)
+    lines = PromptLines(main, tuple(extras), negative_main, tuple(negative_extras))
     loras = tuple(
         (lora.model_name, lora.weight)
         for lora in request.loras
         if lora.enabled and lora.model_name != NO_MODEL
     )[:MAX_LORAS]
+    loras = merge_prompt_loras(loras, tagged, MAX_LORAS)
     refiner = request.refiner_model_name
     if refiner == request.base_model_name:
         refiner = NO_MODEL
+    switch = refiner_switch_step(perf.steps, request.refiner_switch, request.overwrite_switch)
     if not perf.restricted:
         guidance = GuidanceSettings(
             request.guidance_scale,
@@ -59,6 +86,8 @@ def plan_request(request: EngineRequest) -> Plan:
             request.adm_scaler_negative,
             loras,
             refiner,
+            lines,
+            switch if refiner != NO_MODEL else steps,
         )
     assert perf.lora_file is not None
     assert perf.sampler is not None
@@ -76,4 +105,6 @@ def plan_request(request: EngineRequest) -> Plan:
         1.0,
         (*loras, (lora_file, perf.lora_weight)),
         NO_MODEL,
+        lines,
+        steps,
     )

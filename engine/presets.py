@@ -45,6 +45,8 @@ DOWNLOAD_FOLDERS: dict[str, str] = {
     "lora_downloads": "loras",
     "embeddings_downloads": "embeddings",
     "vae_downloads": "vae",
+    "prompt_expansion_downloads": "prompt_expansion/fooocus_expansion",
+    "safety_checker_downloads": "safety_checker",
 }
 
 

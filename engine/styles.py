@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.types import EngineInputError, FeatureNotSupportedError
+from engine.types import EngineInputError
 
 FOOOCUS_V2 = "Fooocus V2"
 RANDOM_STYLE = "Random Style"
@@ -84,11 +84,7 @@ class StyleLibrary:
         """Raise the typed error for a selection this engine cannot apply."""
         for name in selections:
             if name == FOOOCUS_V2:
-                raise FeatureNotSupportedError(
-                    "style_selections",
-                    "'Fooocus V2' prompt expansion is not supported yet; "
-                    "remove it from style_selections",
-                )
+                continue  # the prompt expansion, applied by the engine after the styles
             if name == RANDOM_STYLE:
                 if not self.styles:
                     raise EngineInputError("style_selections", "'Random Style' needs styles")
@@ -115,6 +111,8 @@ class StyleLibrary:
         applied: list[str] = []
         placeholder_used = False
         for name in selections:
+            if name == FOOOCUS_V2:
+                continue
             if name == RANDOM_STYLE:
                 name = rng.choice(list(self.styles))
             style = self.styles[name]

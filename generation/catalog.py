@@ -75,6 +75,7 @@ def engine_config() -> EngineConfig:
     return EngineConfig(
         models_dir=Path(settings.FOOOCUS_MODELS_DIR),
         styles_dir=Path(settings.FOOOCUS_STYLES_DIR),
+        wildcards_dir=Path(settings.FOOOCUS_WILDCARDS_DIR),
         downloads=all_downloads(Path(settings.FOOOCUS_PRESETS_DIR)),
         device=settings.FOOOCUS_DEVICE,
         allow_downloads=settings.FOOOCUS_ALLOW_DOWNLOADS,

@@ -1,5 +1,6 @@
 """Noise schedules, sigma lists, seeded noise and k-diffusion-style samplers."""
 
+from engine.sampling.common import Denoiser, StepCallback
 from engine.sampling.noise import (
     BrownianNoise,
     GaussianNoise,
@@ -11,9 +12,7 @@ from engine.sampling.noise import (
 from engine.sampling.samplers import (
     SAMPLER_SPECS,
     SUPPORTED_SAMPLERS,
-    Denoiser,
     SamplerSpec,
-    StepCallback,
     get_sampler,
     make_noise,
     sample,

@@ -12,42 +12,19 @@ Notation: lambda = -log(sigma) ("t" below); h = lambda_next - lambda is the step
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal
 
 import torch
 
 from engine.options import SAMPLERS
+from engine.sampling import dpm_solver, higher_order, unipc
+from engine.sampling.common import Denoiser, Sampler, StepCallback, ancestral_split
 from engine.sampling.noise import BrownianNoise, GaussianNoise, NoiseSampler
 from engine.types import EngineInputError, FeatureNotSupportedError
 
-
-class Denoiser(Protocol):
-    """``model(x, sigma) -> denoised``: the x0 estimate of latent ``x`` at noise level ``sigma``."""
-
-    def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor: ...
-
-
-StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
-"""``callback(step_index, x, denoised)``, once per step."""
-
-Sampler = Callable[[Denoiser, torch.Tensor, list[float], NoiseSampler, StepCallback], torch.Tensor]
 NoiseKind = Literal["none", "gaussian", "brownian_cpu", "brownian_device"]
-
-
-def _ancestral_split(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:
-    """Split a step to ``sigma_next`` into a deterministic part (to sigma_down) and fresh noise.
-
-    sigma_up^2 is the variance re-injected; sigma_down^2 + sigma_up^2 = sigma_next^2.
-    """
-    if sigma_next == 0.0:
-        return 0.0, 0.0
-    sigma_up = min(
-        sigma_next, eta * math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2)
-    )
-    sigma_down = math.sqrt(sigma_next**2 - sigma_up**2)
-    return sigma_down, sigma_up
+_ancestral_split = ancestral_split
 
 
 def euler(
@@ -200,11 +177,16 @@ def lcm(
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """A sampler and the noise source it needs."""
+    """A sampler and the noise source it needs.
+
+    ``extra_step``: Fooocus builds the schedule for steps + 1 and drops the second-to-last sigma
+    for these samplers (still ``steps`` intervals, but a different last one).
+    """
 
     name: str
     function: Sampler
     noise: NoiseKind
+    extra_step: bool = False
 
 
 SAMPLER_SPECS: dict[str, SamplerSpec] = {
@@ -212,14 +194,29 @@ SAMPLER_SPECS: dict[str, SamplerSpec] = {
     for spec in (
         SamplerSpec("euler", euler, "none"),
         SamplerSpec("euler_ancestral", euler_ancestral, "gaussian"),
+        SamplerSpec("heun", higher_order.heun, "none"),
+        SamplerSpec("heunpp2", higher_order.heunpp2, "none"),
+        SamplerSpec("dpm_2", higher_order.dpm_2, "none", extra_step=True),
+        SamplerSpec("dpm_2_ancestral", higher_order.dpm_2_ancestral, "gaussian", extra_step=True),
+        SamplerSpec("lms", higher_order.lms, "none"),
+        SamplerSpec("dpm_fast", dpm_solver.dpm_fast, "none"),
+        SamplerSpec("dpm_adaptive", dpm_solver.dpm_adaptive, "none"),
+        SamplerSpec("dpmpp_2s_ancestral", higher_order.dpmpp_2s_ancestral, "gaussian"),
+        SamplerSpec("dpmpp_sde", dpmpp_sde, "brownian_cpu"),
+        SamplerSpec("dpmpp_sde_gpu", dpmpp_sde, "brownian_device"),
         SamplerSpec("dpmpp_2m", dpmpp_2m, "none"),
         SamplerSpec("dpmpp_2m_sde", dpmpp_2m_sde, "brownian_cpu"),
         SamplerSpec("dpmpp_2m_sde_gpu", dpmpp_2m_sde, "brownian_device"),
-        SamplerSpec("dpmpp_sde", dpmpp_sde, "brownian_cpu"),
-        SamplerSpec("dpmpp_sde_gpu", dpmpp_sde, "brownian_device"),
+        SamplerSpec("dpmpp_3m_sde", higher_order.dpmpp_3m_sde, "brownian_cpu"),
+        SamplerSpec("dpmpp_3m_sde_gpu", higher_order.dpmpp_3m_sde, "brownian_device"),
+        SamplerSpec("ddpm", higher_order.ddpm, "gaussian"),
         SamplerSpec("lcm", lcm, "gaussian"),
+        SamplerSpec("tcd", higher_order.tcd, "gaussian"),
+        SamplerSpec("restart", higher_order.restart, "gaussian"),
         # In Fooocus 'ddim' is a deterministic Euler step in sigma space (DDIM with eta 0).
         SamplerSpec("ddim", euler, "none"),
+        SamplerSpec("uni_pc", unipc.uni_pc, "none", extra_step=True),
+        SamplerSpec("uni_pc_bh2", unipc.uni_pc_bh2, "none", extra_step=True),
     )
 }
 SUPPORTED_SAMPLERS: tuple[str, ...] = tuple(SAMPLER_SPECS)
@@ -257,11 +254,17 @@ def sample(
     *,
     seed: int,
     callback: StepCallback | None = None,
+    noise: NoiseSampler | None = None,
 ) -> torch.Tensor:
-    """Run sampler ``name`` from ``x`` (already at ``sigmas[0]``) down to sigma 0."""
+    """Run sampler ``name`` from ``x`` (already at ``sigmas[0]``) down to ``sigmas[-1]``.
+
+    ``noise`` lets two runs share one noise source (the refiner's 'separate' swap); by default
+    a fresh one is seeded with ``seed`` over this run's sigmas.
+    """
     spec = get_sampler(name)
     sigma_list = [float(s) for s in sigmas]
-    noise = make_noise(spec.noise, x, sigma_list, seed)
+    if noise is None:
+        noise = make_noise(spec.noise, x, sigma_list, seed)
     return spec.function(model, x, sigma_list, noise, callback or _ignore_step)
 
 

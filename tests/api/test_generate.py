@@ -186,7 +186,10 @@ def test_legacy_fooocus_api_fields_are_accepted(server: LiveServer) -> None:
         ({"preset": "no-such-preset"}, "preset"),
         ({"metadata_scheme": "a111"}, "metadata_scheme"),
         ({"controlnet_image": [{"cn_img": "", "cn_type": "Bogus"}]}, "controlnet_image"),
-        ({"sampler_name": "restart", "performance_selection": "Speed"}, "sampler_name"),
+        (
+            {"scheduler_name": "edm_playground_v2.5", "performance_selection": "Speed"},
+            "scheduler_name",
+        ),
     ],
 )
 def test_bad_input_is_422_naming_the_field_and_queues_nothing(

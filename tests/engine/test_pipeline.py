@@ -26,6 +26,7 @@ from engine.types import EngineInputError, FeatureNotSupportedError, ImagePrompt
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "tiny.safetensors"
+REFINER = "refiner.safetensors"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -44,6 +45,7 @@ class FakeManager:
     def __init__(self, components: SDXLComponents, root: Path) -> None:
         self.components = components
         self.root = root
+        self.refiner: SDXLComponents | None = None
         self.loads: list[tuple[str, str, tuple[tuple[str, float], ...]]] = []
 
     def require(self, folder: str, filename: str, on_message: object = None) -> Path:
@@ -54,9 +56,10 @@ class FakeManager:
         return path
 
     def list_files(self, folder: str) -> list[str]:
-        return {"checkpoints": [MODEL], "loras": ["user.safetensors", "lightning.safetensors"]}.get(
-            folder, []
-        )
+        return {
+            "checkpoints": [MODEL, REFINER],
+            "loras": ["user.safetensors", "lightning.safetensors"],
+        }.get(folder, [])
 
     def load_base(
         self,
@@ -68,6 +71,12 @@ class FakeManager:
     ) -> SDXLComponents:
         self.loads.append((name, vae_name, tuple(loras)))
         return self.components
+
+    def load_refiner(
+        self, name: str, *, loras: Sequence[tuple[str, float]] = (), on_message: object = None
+    ) -> SDXLComponents:
+        self.loads.append((name, "refiner", tuple(loras)))
+        return self.refiner or self.components
 
 
 @pytest.fixture(scope="module")
@@ -237,17 +246,23 @@ def test_performance_steps(engine: Engine, performance: str, steps: int) -> None
 @pytest.mark.parametrize(
     ("changes", "field", "unsupported"),
     [
-        ({"sampler_name": "heun"}, "sampler_name", True),
+        ({"sampler_name": "made_up"}, "sampler_name", False),
         ({"scheduler_name": "edm_playground_v2.5"}, "scheduler_name", True),
-        ({"style_selections": ("Fooocus V2",)}, "style_selections", True),
+        ({"style_selections": ("Fooocus V2",)}, "style_selections", False),  # no model files
         ({"style_selections": ("Nope",)}, "style_selections", False),
-        ({"refiner_model_name": "other.safetensors"}, "refiner_model_name", True),
+        ({"refiner_model_name": "other.safetensors"}, "refiner_model_name", False),
+        (
+            {"refiner_model_name": "refiner.safetensors", "refiner_swap_method": "vae"},
+            "refiner_swap_method",
+            True,
+        ),
         ({"uov_method": "Vary (Subtle)"}, "uov_method", True),
         ({"inpaint_input_image": Image.new("RGB", (8, 8))}, "inpaint_input_image", True),
         ({"outpaint_selections": ("Left",)}, "outpaint_selections", True),
         ({"image_prompts": (ImagePromptSpec(Image.new("RGB", (8, 8))),)}, "image_prompts", True),
-        ({"freeu_enabled": True}, "freeu_enabled", True),
-        ({"black_out_nsfw": True}, "black_out_nsfw", True),
+        ({"black_out_nsfw": True}, "black_out_nsfw", False),  # no checker file
+        ({"prompt": "a cat, embedding:foo"}, "prompt", True),
+        ({"negative_prompt": "embedding:bad"}, "negative_prompt", True),
         ({"width": 60}, "width", False),
         ({"height": 0}, "height", False),
         ({"base_model_name": "missing.safetensors"}, "base_model_name", False),

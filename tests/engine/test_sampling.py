@@ -141,7 +141,8 @@ def test_sample_is_deterministic_per_seed(name: str) -> None:
     b = sample(name, model, x, sigmas, seed=3)
     c = sample(name, model, x, sigmas, seed=4)
     assert torch.equal(a, b)
-    stochastic = get_sampler(name).noise != "none"
+    # Restart only re-noises from 20 steps up (its restart segments); see test_samplers_more.
+    stochastic = get_sampler(name).noise != "none" and name != "restart"
     assert (not torch.equal(a, c)) == stochastic
 
 

@@ -1,0 +1,369 @@
+"""One ``Engine.generate`` call: load, then per image prompt → encode → sample → decode → check.
+
+The refiner (§4) takes over after the base model's call at step ``switch``: 'joint' swaps the
+model inside one sampler run (multistep history and noise continue), 'separate' runs the sampler
+twice (base to sigma_switch, then the refiner from there, sharing the noise source).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from typing import TYPE_CHECKING
+
+import torch
+from PIL import Image
+
+from engine.components import SDXLComponents
+from engine.freeu import freeu
+from engine.guidance import AdmTimeIds, FooocusDenoiser, TextConditioning
+from engine.metadata import ImageMetadata, LoraRecord
+from engine.options import NO_MODEL
+from engine.plan import Plan
+from engine.preview import latent_preview
+from engine.prompts import PromptEncoder
+from engine.sampling import (
+    NoiseSchedule,
+    StepCallback,
+    build_sigmas,
+    get_sampler,
+    image_seed,
+    initial_noise,
+    make_noise,
+    sample,
+    scale_initial_noise,
+    schedule_for,
+)
+from engine.styles import FOOOCUS_V2
+from engine.tasks import Expand, ImageTask, build_image_task
+from engine.types import (
+    EngineEvent,
+    EngineRequest,
+    EngineResult,
+    EventCallback,
+    FeatureNotSupportedError,
+    GeneratedImage,
+    StopPoll,
+    TaskStopped,
+)
+
+if TYPE_CHECKING:
+    from engine.pipeline import Engine
+
+LOADING_PROGRESS = 1
+PREPARED_PROGRESS = 5  # where sampling starts; steps then share the range up to LAST_PROGRESS
+LAST_PROGRESS = 99
+LATENT_CHANNELS = 4
+LATENT_SCALE = 8
+
+
+class _SkipImage(Exception):
+    """The caller asked to skip the image being sampled."""
+
+
+def sampler_sigmas(
+    sampler: str, scheduler_rule: str, steps: int, schedule: NoiseSchedule
+) -> list[float]:
+    """The sigmas a sampler walks: Fooocus gives dpm_2(_ancestral) and uni_pc(_bh2) a schedule of
+    steps + 1 with its second-to-last sigma dropped."""
+    if not get_sampler(sampler).extra_step:
+        return build_sigmas(scheduler_rule, steps, schedule).tolist()
+    longer = build_sigmas(scheduler_rule, steps + 1, schedule).tolist()
+    return [*longer[:-2], longer[-1]]
+
+
+class _SwitchingDenoiser:
+    """Calls the base denoiser until :meth:`switch`, the refiner's afterwards."""
+
+    def __init__(self, base: FooocusDenoiser, refiner: FooocusDenoiser | None) -> None:
+        self.active = base
+        self.refiner = refiner
+        self.schedule = base.schedule
+
+    def switch(self) -> None:
+        if self.refiner is not None:
+            self.active = self.refiner
+
+    def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        return self.active(x, sigma)
+
+
+class RequestRun:
+    """The state of one generate() call."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        request: EngineRequest,
+        on_event: EventCallback | None,
+        should_stop: StopPoll | None,
+    ) -> None:
+        self.engine = engine
+        self.request = request
+        self.plan: Plan = engine.plan(request)
+        self.emit = on_event or (lambda event: None)
+        self.poll = should_stop or (lambda: None)
+        self.images: list[GeneratedImage] = []
+        self.progress = 0
+        self.done_steps = 0
+        self.total_steps = 0
+
+    def report(self, progress: int, message: str, preview: Image.Image | None = None) -> None:
+        self.progress = max(self.progress, progress)
+        self.emit(EngineEvent("progress", self.progress, message, preview=preview))
+
+    def _message(self, message: str) -> None:
+        self.report(LOADING_PROGRESS, message)
+
+    def execute(self) -> EngineResult:
+        request, plan = self.request, self.plan
+        self.report(LOADING_PROGRESS, "Loading models ...")
+        components = self.engine.manager.load_base(
+            request.base_model_name,
+            vae_name=request.vae_name,
+            loras=plan.loras,
+            on_message=self._message,
+        )
+        refiner = None
+        if plan.refiner != NO_MODEL:
+            refiner = self.engine.manager.load_refiner(
+                plan.refiner, loras=plan.loras, on_message=self._message
+            )
+            if (
+                refiner.unet.config.cross_attention_dim
+                != components.unet.config.cross_attention_dim
+            ):
+                raise FeatureNotSupportedError(
+                    "refiner_model_name",
+                    "only SDXL-architecture refiners are supported; the official SDXL refiner "
+                    "(CLIP-G conditioning, aesthetic scores) is not",
+                )
+        expand: Expand | None = None
+        if FOOOCUS_V2 in request.style_selections and plan.lines.main:
+            self.report(LOADING_PROGRESS, "Loading prompt expansion ...")
+            expand = self.engine.expansion_model(self._message)
+        # Loading stays outside inference mode: the manager keeps and patches weights across
+        # tasks, and tensors created in inference mode could not be updated in place later.
+        with torch.inference_mode():
+            return self._generate_images(components, refiner, expand)
+
+    def _generate_images(
+        self, components: SDXLComponents, refiner: SDXLComponents | None, expand: Expand | None
+    ) -> EngineResult:
+        request, plan = self.request, self.plan
+        schedule, rule = schedule_for(plan.scheduler)
+        sigmas = sampler_sigmas(plan.sampler, rule, plan.steps, schedule)
+        steps = len(sigmas) - 1
+        self.total_steps = steps * request.image_number
+        encoder = PromptEncoder(components, request.clip_skip)
+        count = request.image_number
+        for index in range(count):
+            seed = image_seed(request.seed, index, increment=not request.disable_seed_increment)
+            self.done_steps = index * steps
+            self.report(self._step_progress(), f"Preparing task {index + 1}/{count} ...")
+            action = self.poll()
+            if action == "stop":
+                return EngineResult(tuple(self.images), stopped=True)
+            if action == "skip":
+                continue
+            task = build_image_task(
+                index=index,
+                seed=seed,
+                lines=plan.lines,
+                styles=request.style_selections,
+                library=self.engine.style_library,
+                wildcards=self.engine.wildcards,
+                in_order=request.read_wildcards_in_order,
+                expand=expand,
+            )
+            use_cfg = not math.isclose(plan.guidance.guidance_scale, 1.0)
+            positive = encoder.encode(task.positive, task.pooled_count)
+            negative = encoder.encode(task.negative) if use_cfg else None
+            x = self._initial_latent(seed, sigmas[0], schedule.sigma_max)
+            x = x.to(components.unet.device)
+            try:
+                latent = self._sample(
+                    (components, refiner), schedule, sigmas, (positive, negative), x, seed, index
+                )
+            except _SkipImage:
+                continue
+            except TaskStopped:
+                return EngineResult(tuple(self.images), stopped=True)
+            image = decode_latent(components, latent)
+            if request.black_out_nsfw:
+                self.report(self._step_progress(), "Checking for NSFW content ...")
+                image = self.engine.safety_filter(self._message)([image])[0][0]
+            metadata = self._metadata(task, steps)
+            generated = GeneratedImage(index, image, seed, metadata.to_dict())
+            self.images.append(generated)
+            self.done_steps = (index + 1) * steps
+            message = f"Image {index + 1}/{count} finished"
+            self.emit(EngineEvent("image", self._step_progress(), message, image=generated))
+        return EngineResult(tuple(self.images))
+
+    def _denoiser(
+        self,
+        unet_of: SDXLComponents,
+        schedule: NoiseSchedule,
+        conds: tuple[TextConditioning, TextConditioning | None],
+    ) -> FooocusDenoiser:
+        request, plan = self.request, self.plan
+        return FooocusDenoiser(
+            unet_of.unet,
+            schedule,
+            plan.guidance,
+            conds[0],
+            conds[1],
+            AdmTimeIds.for_size(request.height, request.width, plan.adm_positive),
+            AdmTimeIds.for_size(request.height, request.width, plan.adm_negative),
+        )
+
+    def _sample(
+        self,
+        models: tuple[SDXLComponents, SDXLComponents | None],
+        schedule: NoiseSchedule,
+        sigmas: list[float],
+        conds: tuple[TextConditioning, TextConditioning | None],
+        x: torch.Tensor,
+        seed: int,
+        index: int,
+    ) -> torch.Tensor:
+        request, plan = self.request, self.plan
+        components, refiner = models
+        steps = len(sigmas) - 1
+        base = self._denoiser(components, schedule, conds)
+        second = self._denoiser(refiner, schedule, conds) if refiner is not None else None
+        switch = plan.switch if second is not None else steps
+        use_freeu = request.freeu_enabled
+        patch = (
+            freeu(
+                components.unet,
+                request.freeu_b1,
+                request.freeu_b2,
+                request.freeu_s1,
+                request.freeu_s2,
+            )
+            if use_freeu
+            else nullcontext()
+        )
+        noise = make_noise(get_sampler(plan.sampler).noise, x, sigmas, seed)
+        callback = self._step_callback(index, request.image_number, steps)
+        if request.refiner_swap_method == "separate" and second is not None and switch < steps:
+            with patch:
+                x = sample(
+                    plan.sampler,
+                    base,
+                    x,
+                    sigmas[: switch + 1],
+                    seed=seed,
+                    callback=callback,
+                    noise=noise,
+                )
+
+            def shifted(step: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
+                callback(step + switch, x, denoised)
+
+            return sample(
+                plan.sampler, second, x, sigmas[switch:], seed=seed, callback=shifted, noise=noise
+            )
+        model = _SwitchingDenoiser(base, second)
+
+        def on_step(step: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
+            if step == switch:
+                model.switch()
+            callback(step, x, denoised)
+
+        # FreeU patches the base UNet only (Fooocus applies it to the base model).
+        with patch:
+            return sample(plan.sampler, model, x, sigmas, seed=seed, callback=on_step, noise=noise)
+
+    def _initial_latent(self, seed: int, first_sigma: float, sigma_max: float) -> torch.Tensor:
+        """Seeded CPU float32 noise [1, 4, H/8, W/8] scaled to the first sigma (§2.2)."""
+        height, width = self.request.height // LATENT_SCALE, self.request.width // LATENT_SCALE
+        noise = initial_noise(seed, (1, LATENT_CHANNELS, height, width))
+        return scale_initial_noise(noise, first_sigma, sigma_max)
+
+    def _step_progress(self) -> int:
+        fraction = min(self.done_steps / max(self.total_steps, 1), 1.0)
+        return PREPARED_PROGRESS + int((LAST_PROGRESS - PREPARED_PROGRESS) * fraction)
+
+    def _step_callback(self, index: int, count: int, steps: int) -> StepCallback:
+        def on_step(step: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
+            # dpm_adaptive and restart take more steps than asked; progress stops at the image.
+            shown = min(step + 1, steps)
+            self.done_steps = index * steps + shown
+            preview = None if self.request.disable_preview else latent_preview(denoised)
+            message = f"Sampling step {shown}/{steps}, image {index + 1}/{count} ..."
+            self.report(self._step_progress(), message, preview)
+            action = self.poll()
+            if action == "stop":
+                raise TaskStopped("stopped by the caller")
+            if action == "skip":
+                raise _SkipImage()
+
+        return on_step
+
+    def _hashes(self) -> dict[tuple[str, str], str]:
+        """Short hashes of the model and LoRA files, keyed by (folder, name).
+
+        Computed when the first image is done (hashing a large checkpoint the first time takes
+        seconds; the hasher caches it for later tasks).
+        """
+        manager, hasher = self.engine.manager, self.engine.hasher
+        wanted = [("checkpoints", self.request.base_model_name)]
+        if self.plan.refiner != NO_MODEL:
+            wanted.append(("checkpoints", self.plan.refiner))
+        wanted += [("loras", name) for name, _ in self.plan.loras]
+        return {key: hasher.short_hash(manager.require(*key)) for key in wanted}
+
+    def _metadata(self, task: ImageTask, steps: int) -> ImageMetadata:
+        request, plan = self.request, self.plan
+        hashes = self._hashes()
+        freeu_values = (
+            (request.freeu_b1, request.freeu_b2, request.freeu_s1, request.freeu_s2)
+            if request.freeu_enabled
+            else None
+        )
+        return ImageMetadata(
+            prompt=task.log_prompt,
+            negative_prompt=task.log_negative_prompt,
+            full_prompt=task.positive,
+            full_negative_prompt=task.negative,
+            styles=task.styles,
+            performance=request.performance_selection,
+            steps=steps,
+            width=request.width,
+            height=request.height,
+            guidance_scale=plan.guidance.guidance_scale,
+            sharpness=plan.guidance.sharpness,
+            adm_guidance=(plan.adm_positive, plan.adm_negative, plan.guidance.adm_scaler_end),
+            base_model=request.base_model_name,
+            base_model_hash=hashes[("checkpoints", request.base_model_name)],
+            sampler=plan.sampler,
+            scheduler=plan.scheduler,
+            vae=request.vae_name,
+            seed=task.seed,
+            scheme=request.metadata_scheme,
+            refiner_model=plan.refiner,
+            refiner_model_hash=hashes.get(("checkpoints", plan.refiner), ""),
+            refiner_switch=request.refiner_switch,
+            overwrite_switch=request.overwrite_switch,
+            refiner_swap_method=request.refiner_swap_method,
+            adaptive_cfg=plan.guidance.adaptive_cfg,
+            clip_skip=request.clip_skip,
+            freeu=freeu_values,
+            loras=[LoraRecord(n, w, hashes[("loras", n)]) for n, w in plan.loras],
+            expansion=task.expansion,
+        )
+
+
+def decode_latent(components: SDXLComponents, latent: torch.Tensor) -> Image.Image:
+    """VAE-decode one latent [1, 4, h, w] (k-space, unscaled) to an RGB image."""
+    vae = components.vae
+    scaled = latent / vae.config.scaling_factor
+    shift = getattr(vae.config, "shift_factor", None)
+    if shift:
+        scaled = scaled + shift
+    pixels = vae.decode(scaled.to(device=vae.device, dtype=vae.dtype)).sample[0]
+    array = ((pixels.float().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
+    return Image.fromarray(array.permute(1, 2, 0).cpu().numpy())
