@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -24,9 +25,11 @@ from transformers import CLIPConfig, GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
 from engine import checkpoint_keys as keys
 from engine.components import SDXL_CONFIG_DIR, TINY_VAE_CONFIG, SDXLComponents, build_tiny_sdxl
 from engine.expansion import EXPANSION_FOLDER
+from engine.inpaint_model import INPAINT_FOLDER, INPAINT_HEAD_FILE, INPAINT_PATCH_FILES
 from engine.loader import SIDECAR_SUFFIX
 from engine.lora import LoraTargets
 from engine.safety import SAFETY_FILE, SAFETY_FOLDER
+from engine.upscaler import UPSCALER_FILE, UPSCALER_FOLDER
 
 DEMO_CHECKPOINT = "fooocus_demo_tiny.safetensors"
 DEMO_DIFFUSERS = "fooocus_demo_tiny_diffusers"
@@ -61,6 +64,13 @@ DEMO_LORAS: dict[str, tuple[str, ...]] = {
         "lora_te2_text_model_encoder_layers_0_self_attn_v_proj",
     ),
 }
+# Weights the demo inpaint patches touch (LDM names).
+DEMO_PATCH_PARTS: tuple[str, ...] = (
+    "input_blocks.0.0.",
+    "attn2.to_k",
+    "middle_block.0.in_layers.2",
+    "out.2.",
+)
 LORA_RANK = 4
 LORA_ALPHA = 2.0
 
@@ -232,6 +242,45 @@ def write_tiny_safety_checker(path: Path) -> None:
     torch.save({k: v.contiguous() for k, v in checker.state_dict().items()}, path)
 
 
+def write_tiny_upscaler(path: Path) -> None:
+    """A random 4x ESRGAN (RRDBNet, 8 filters, one block) pickled like Fooocus's upscaler file:
+    old-architecture keys with ``residual_block_`` where ESRGAN says ``RDB``."""
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    torch.manual_seed(DEMO_SEED + 4)
+    model = ESRGAN(num_filters=8, num_blocks=1, scale=4)
+    state = {
+        key.replace("RDB", "residual_block_"): value.detach().contiguous()
+        for key, value in model.state_dict().items()
+    }
+    torch.save(state, path)
+
+
+def write_tiny_inpaint_head(path: Path) -> None:
+    """A random inpaint head ``{"head": [32, 5, 3, 3]}`` for the demo UNet's 32-channel conv_in."""
+    torch.manual_seed(DEMO_SEED + 5)
+    torch.save({"head": torch.randn(32, 5, 3, 3) * 0.05}, path)
+
+
+def write_tiny_inpaint_patch(path: Path, seed: int) -> None:
+    """A random inpaint patch in Fooocus's layout: LDM UNet weight name -> (uint8, min, max),
+    for the first convolution and a few attention and resnet weights of the demo UNet."""
+    components = build_tiny_sdxl(seed=DEMO_SEED, name=DEMO_CHECKPOINT)
+    original = keys.unet_to_original(components.unet.state_dict(), components.unet.config)
+    chosen = [
+        name
+        for name in original
+        if name.endswith(".weight") and any(part in name for part in DEMO_PATCH_PARTS)
+    ]
+    generator = torch.Generator().manual_seed(seed)
+    patch: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    for name in chosen:
+        shape = original[name].shape
+        quantised = torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8)
+        patch[name.removeprefix("model.")] = (quantised, torch.tensor(-0.02), torch.tensor(0.02))
+    torch.save(patch, path)
+
+
 def create_demo_models(models_dir: Path, *, overwrite: bool = False) -> list[Path]:
     """Write the demo model set under ``models_dir`` and return the paths of its files.
 
@@ -249,6 +298,12 @@ def create_demo_models(models_dir: Path, *, overwrite: bool = False) -> list[Pat
         "expansion": models_dir / EXPANSION_FOLDER,
         "safety": models_dir / SAFETY_FOLDER / SAFETY_FILE,
         "safety_config": models_dir / SAFETY_FOLDER / (Path(SAFETY_FILE).stem + SIDECAR_SUFFIX),
+        "upscaler": models_dir / UPSCALER_FOLDER / UPSCALER_FILE,
+        "inpaint_head": models_dir / INPAINT_FOLDER / INPAINT_HEAD_FILE,
+        **{
+            f"inpaint_{version}": models_dir / INPAINT_FOLDER / name
+            for version, name in INPAINT_PATCH_FILES.items()
+        },
     }
     lora_paths = [models_dir / "loras" / name for name in DEMO_LORAS]
     todo = [p for p in (*paths.values(), *lora_paths) if overwrite or not p.exists()]
@@ -270,7 +325,13 @@ def _write(models_dir: Path, paths: dict[str, Path], todo: list[Path]) -> None:
         paths["expansion"]: write_tiny_expansion,
         paths["safety"]: write_tiny_safety_checker,
         paths["safety_config"]: lambda p: tiny_safety_config().save_pretrained(p),
+        paths["upscaler"]: write_tiny_upscaler,
+        paths["inpaint_head"]: write_tiny_inpaint_head,
     }
+    for index, version in enumerate(INPAINT_PATCH_FILES):
+        writers[paths[f"inpaint_{version}"]] = partial(
+            write_tiny_inpaint_patch, seed=DEMO_SEED + 20 + index
+        )
     for index, (name, modules) in enumerate(DEMO_LORAS.items()):
         state = _lora_state(components, modules, DEMO_SEED + 10 + index)
         writers[models_dir / "loras" / name] = _saver(state)

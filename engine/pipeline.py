@@ -19,8 +19,18 @@ import torch
 from engine.components import SDXLComponents
 from engine.config import EngineConfig
 from engine.expansion import EXPANSION_FILES, EXPANSION_FOLDER, PromptExpansion
+from engine.inpaint import prepare_mask
+from engine.inpaint_model import INPAINT_FOLDER, INPAINT_HEAD_FILE, INPAINT_PATCH_FILES
 from engine.metadata import FileHasher
-from engine.options import DEFAULT_VAE, METADATA_SCHEMES, NO_MODEL, PERFORMANCES
+from engine.options import (
+    DEFAULT_VAE,
+    INPAINT_ENGINES,
+    METADATA_SCHEMES,
+    NO_MODEL,
+    OUTPAINT_DIRECTIONS,
+    PERFORMANCES,
+    UOV_METHODS,
+)
 from engine.plan import Plan, plan_request
 from engine.prompt_syntax import Wildcards
 from engine.run import RequestRun
@@ -35,6 +45,8 @@ from engine.types import (
     FeatureNotSupportedError,
     StopPoll,
 )
+from engine.uov import CUSTOM_UPSCALE, MAX_UPSCALE, MIN_UPSCALE, is_upscale
+from engine.upscaler import UPSCALER_FILE, UPSCALER_FOLDER, Upscaler, UpscalerFormatError
 
 LATENT_SCALE = 8
 Message = Callable[[str], None]
@@ -89,6 +101,7 @@ class Engine:
         self.hasher = FileHasher()
         self._expansion: PromptExpansion | None = None
         self._safety: SafetyFilter | None = None
+        self._upscaler: Upscaler | None = None
 
     def styles(self) -> list[str]:
         """Every selectable style name (with the 'Fooocus V2' and 'Random Style' pseudo-styles)."""
@@ -119,6 +132,8 @@ class Engine:
         check_scheduler(plan.scheduler, plan.steps)
         self.style_library.check(request.style_selections)
         self._check_unsupported(request, plan)
+        self._check_image_inputs(request)
+        self._check_inpaint(request)
         self._check_file("checkpoints", request.base_model_name, "base_model_name")
         if plan.refiner != NO_MODEL:
             self._check_file("checkpoints", plan.refiner, "refiner_model_name")
@@ -147,16 +162,10 @@ class Engine:
                 "refiner_swap_method",
                 f"unknown refiner swap method '{request.refiner_swap_method}'",
             ),
-            (request.uov_method != "Disabled", "uov_method", "upscale/vary is not supported yet"),
             (
-                request.inpaint_input_image is not None,
-                "inpaint_input_image",
-                "inpaint is not supported yet",
-            ),
-            (
-                bool(request.outpaint_selections),
-                "outpaint_selections",
-                "outpaint is not supported yet",
+                request.inpaint_input_image is not None and request.debugging_inpaint_preprocessor,
+                "debugging_inpaint_preprocessor",
+                "the inpaint preprocessor preview is not supported yet",
             ),
             (bool(request.image_prompts), "image_prompts", "image prompts are not supported yet"),
             (
@@ -174,6 +183,58 @@ class Engine:
             if refused:
                 error = FeatureNotSupportedError if "unknown" not in message else EngineInputError
                 raise error(field, message)
+
+    def _check_image_inputs(self, request: EngineRequest) -> None:
+        """The image-input fields: known methods, images present and non-empty, files there."""
+        if request.uov_method not in UOV_METHODS:
+            raise EngineInputError("uov_method", f"unknown uov_method '{request.uov_method}'")
+        if request.uov_method != "Disabled" and request.inpaint_input_image is None:
+            image = request.uov_input_image
+            if image is None:
+                raise EngineInputError(
+                    "uov_input_image", f"uov_method '{request.uov_method}' needs an input image"
+                )
+            if image.width < 1 or image.height < 1:
+                raise EngineInputError("uov_input_image", "the input image is empty")
+            if request.uov_method == CUSTOM_UPSCALE and not (
+                MIN_UPSCALE <= request.upscale_multiple <= MAX_UPSCALE
+            ):
+                raise EngineInputError(
+                    "upscale_multiple",
+                    f"upscale_multiple must be within {MIN_UPSCALE:g}..{MAX_UPSCALE:g}",
+                )
+            if is_upscale(request.uov_method):
+                self._check_file(UPSCALER_FOLDER, UPSCALER_FILE, "uov_method", listed=False)
+
+    def _check_inpaint(self, request: EngineRequest) -> None:
+        """Inpaint/outpaint fields: a usable image and mask, known engine and directions."""
+        if request.inpaint_input_image is None:
+            if request.outpaint_selections:
+                raise EngineInputError("inpaint_input_image", "outpaint needs an input image")
+            return
+        image = request.inpaint_input_image
+        if image.width < 1 or image.height < 1:
+            raise EngineInputError("inpaint_input_image", "the input image is empty")
+        if request.inpaint_engine not in INPAINT_ENGINES:
+            raise EngineInputError(
+                "inpaint_engine", f"unknown inpaint engine '{request.inpaint_engine}'"
+            )
+        known = {d.lower() for d in OUTPAINT_DIRECTIONS}
+        for direction in request.outpaint_selections:
+            if direction.lower() not in known:
+                raise EngineInputError(
+                    "outpaint_selections", f"unknown outpaint direction '{direction}'"
+                )
+        if not request.outpaint_selections:
+            mask = prepare_mask(request, image.size)
+            if not (mask > 127).any():
+                raise EngineInputError(
+                    "inpaint_mask_image", "the mask has no white pixels and no outpaint is asked"
+                )
+        if request.inpaint_engine != NO_MODEL:
+            self._check_file(INPAINT_FOLDER, INPAINT_HEAD_FILE, "inpaint_engine", listed=False)
+            name = INPAINT_PATCH_FILES[request.inpaint_engine]
+            self._check_file(INPAINT_FOLDER, name, "inpaint_engine", listed=False)
 
     def _check_file(self, folder: str, name: str, field: str, *, listed: bool = True) -> None:
         """Available: downloadable, or in the folder's listing (``listed``) or on disk."""
@@ -201,6 +262,16 @@ class Engine:
             except ValueError as exc:
                 raise EngineInputError("black_out_nsfw", str(exc)) from exc
         return self._safety
+
+    def upscaler(self, on_message: Message | None = None) -> Upscaler:
+        """The ESRGAN super-resolution model, downloaded when missing and loaded once."""
+        if self._upscaler is None:
+            path = self.manager.require(UPSCALER_FOLDER, UPSCALER_FILE, on_message)
+            try:
+                self._upscaler = Upscaler(path, self.device)
+            except UpscalerFormatError as exc:
+                raise EngineInputError("uov_method", str(exc)) from exc
+        return self._upscaler
 
     def generate(
         self,

@@ -47,6 +47,10 @@ DOWNLOAD_FOLDERS: dict[str, str] = {
     "vae_downloads": "vae",
     "prompt_expansion_downloads": "prompt_expansion/fooocus_expansion",
     "safety_checker_downloads": "safety_checker",
+    "upscale_models_downloads": "upscale_models",
+    "inpaint_downloads": "inpaint",
+    "controlnet_downloads": "controlnet",
+    "clip_vision_downloads": "clip_vision",
 }
 
 

@@ -7,22 +7,41 @@ twice (base to sigma_switch, then the refiner from there, sharing the noise sour
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from PIL import Image
 
 from engine.components import SDXLComponents
 from engine.freeu import freeu
 from engine.guidance import AdmTimeIds, FooocusDenoiser, TextConditioning
+from engine.imaging import crop_to_multiple, decode_latent, encode_image
+from engine.inpaint import InpaintInput, inpaint_prompt, paste_back, prepare_inpaint
+from engine.inpaint_model import (
+    INPAINT_FOLDER,
+    INPAINT_HEAD_FILE,
+    INPAINT_PATCH_FILES,
+    UNPATCHED_FRACTION,
+    BlendingDenoiser,
+    InpaintPatch,
+    head_features,
+    head_hook,
+    latent_mask,
+    load_head,
+    load_patch,
+)
 from engine.metadata import ImageMetadata, LoraRecord
 from engine.options import NO_MODEL
-from engine.plan import Plan
+from engine.plan import Plan, refiner_switch_step
 from engine.preview import latent_preview
 from engine.prompts import PromptEncoder
 from engine.sampling import (
+    Denoiser,
     NoiseSchedule,
     StepCallback,
     build_sigmas,
@@ -46,6 +65,7 @@ from engine.types import (
     StopPoll,
     TaskStopped,
 )
+from engine.uov import UovInput, prepare_uov, tail_sigmas
 
 if TYPE_CHECKING:
     from engine.pipeline import Engine
@@ -99,6 +119,8 @@ class RequestRun:
         should_stop: StopPoll | None,
     ) -> None:
         self.engine = engine
+        if request.inpaint_input_image is not None:
+            request = dataclasses.replace(request, prompt=inpaint_prompt(request))
         self.request = request
         self.plan: Plan = engine.plan(request)
         self.emit = on_event or (lambda event: None)
@@ -107,6 +129,17 @@ class RequestRun:
         self.progress = 0
         self.done_steps = 0
         self.total_steps = 0
+        # What sampling starts from: a full denoise from noise unless an image input says else.
+        self.steps = self.plan.steps
+        self.switch = self.plan.switch
+        self.denoise = 1.0
+        self.init_latent: torch.Tensor | None = None
+        self.tiled_vae = False
+        self.inpaint: InpaintInput | None = None
+        self.blend: tuple[torch.Tensor, torch.Tensor] | None = None  # (fill latent, latent mask)
+        self.patch: InpaintPatch | None = None
+        self.head_active = [False]
+        self.head: torch.Tensor | None = None
 
     def report(self, progress: int, message: str, preview: Image.Image | None = None) -> None:
         self.progress = max(self.progress, progress)
@@ -142,17 +175,103 @@ class RequestRun:
         if FOOOCUS_V2 in request.style_selections and plan.lines.main:
             self.report(LOADING_PROGRESS, "Loading prompt expansion ...")
             expand = self.engine.expansion_model(self._message)
+        if request.inpaint_input_image is not None:
+            self._prepare_inpaint(components)
+        elif request.uov_method != "Disabled" and request.uov_input_image is not None:
+            prepared = self._prepare_uov(components)
+            if prepared.denoise is None:
+                return self._direct_result(prepared)
         # Loading stays outside inference mode: the manager keeps and patches weights across
         # tasks, and tensors created in inference mode could not be updated in place later.
+        try:
+            hook = (
+                nullcontext()
+                if self.head is None
+                else head_hook(components.unet, self.head, self.head_active)
+            )
+            with hook, torch.inference_mode():
+                return self._generate_images(components, refiner, expand)
+        finally:
+            if self.patch is not None:
+                self.patch.remove()
+
+    def _super_resolve(self, image: Image.Image) -> Image.Image:
+        upscaler = self.engine.upscaler(self._message)
+        self.report(LOADING_PROGRESS, "Upscaling image ...")
+        return upscaler(image)
+
+    def _prepare_inpaint(self, components: SDXLComponents) -> None:
+        """Mask, crop and encode the inpaint input; load the inpaint engine's patch and head."""
+        request = self.request
+        native = components.native_size
+        prepared = prepare_inpaint(request, native, self._super_resolve)
+        self.inpaint = prepared
+        self.report(LOADING_PROGRESS, "VAE Inpaint encoding ...")
+        mask = torch.from_numpy(prepared.crop_mask.astype("float32") / 255.0)[None, None]
+        crop = np.asarray(prepared.crop).copy()
+        crop[prepared.crop_mask > 127] = 127
         with torch.inference_mode():
-            return self._generate_images(components, refiner, expand)
+            fill = encode_image(components, prepared.crop_fill)
+            masked = encode_image(components, Image.fromarray(crop))
+            cells = latent_mask(mask, (fill.shape[2], fill.shape[3]))
+            if request.inpaint_engine != NO_MODEL:
+                path = self.engine.manager.require(INPAINT_FOLDER, INPAINT_HEAD_FILE, self._message)
+                self.head = head_features(load_head(path), cells, masked)
+        self.blend = (fill, cells)
+        self.init_latent = None if request.inpaint_disable_initial_latent else fill
+        self.denoise = prepared.denoise
+        width, height = prepared.crop.size
+        self.request = dataclasses.replace(request, width=width, height=height)
+        if request.inpaint_engine != NO_MODEL:
+            name = INPAINT_PATCH_FILES[request.inpaint_engine]
+            path = self.engine.manager.require(INPAINT_FOLDER, name, self._message)
+            self.report(LOADING_PROGRESS, f"Loading inpaint patch {name} ...")
+            self.patch = InpaintPatch(components.unet, load_patch(path, components.unet))
+
+    def _prepare_uov(self, components: SDXLComponents) -> UovInput:
+        """Size the Vary/Upscale input, encode it and set the partial-denoise start."""
+        request = self.request
+        native = components.native_size
+
+        prepared = prepare_uov(request, native, self.plan.steps, self._super_resolve)
+        if prepared.denoise is None:
+            return prepared
+        image = crop_to_multiple(prepared.image)
+        self.report(LOADING_PROGRESS, "VAE encoding ...")
+        with torch.inference_mode():
+            self.init_latent = encode_image(components, image, tiled=prepared.tiled)
+        width, height = image.size
+        self.request = dataclasses.replace(request, width=width, height=height)
+        self.steps = prepared.steps
+        self.denoise = prepared.denoise
+        self.tiled_vae = prepared.tiled
+        if self.plan.refiner != NO_MODEL:
+            self.switch = refiner_switch_step(
+                prepared.steps, request.refiner_switch, request.overwrite_switch
+            )
+        return prepared
+
+    def _direct_result(self, prepared: UovInput) -> EngineResult:
+        """Fast 2x, or an upscale too large to diffuse: the super-resolved image is the answer."""
+        request = self.request
+        factor = f"{prepared.image.width / request.uov_input_image.width:g}x"  # type: ignore[union-attr]
+        metadata: dict[str, object] = {
+            "upscale_fast": factor,
+            "metadata_text": json.dumps({"upscale_fast": factor}),
+        }
+        generated = GeneratedImage(0, prepared.image, request.seed, metadata)
+        self.images.append(generated)
+        self.emit(EngineEvent("image", LAST_PROGRESS, "Upscale finished", image=generated))
+        return EngineResult(tuple(self.images))
 
     def _generate_images(
         self, components: SDXLComponents, refiner: SDXLComponents | None, expand: Expand | None
     ) -> EngineResult:
         request, plan = self.request, self.plan
         schedule, rule = schedule_for(plan.scheduler)
-        sigmas = sampler_sigmas(plan.sampler, rule, plan.steps, schedule)
+        sigmas = tail_sigmas(
+            lambda n: sampler_sigmas(plan.sampler, rule, n, schedule), self.steps, self.denoise
+        )
         steps = len(sigmas) - 1
         self.total_steps = steps * request.image_number
         encoder = PromptEncoder(components, request.clip_skip)
@@ -189,7 +308,9 @@ class RequestRun:
                 continue
             except TaskStopped:
                 return EngineResult(tuple(self.images), stopped=True)
-            image = decode_latent(components, latent)
+            image = decode_latent(components, latent, tiled=self.tiled_vae)
+            if self.inpaint is not None:
+                image = paste_back(self.inpaint, image, components.native_size)
             if request.black_out_nsfw:
                 self.report(self._step_progress(), "Checking for NSFW content ...")
                 image = self.engine.safety_filter(self._message)([image])[0][0]
@@ -233,7 +354,7 @@ class RequestRun:
         steps = len(sigmas) - 1
         base = self._denoiser(components, schedule, conds)
         second = self._denoiser(refiner, schedule, conds) if refiner is not None else None
-        switch = plan.switch if second is not None else steps
+        switch = self.switch if second is not None else steps
         use_freeu = request.freeu_enabled
         patch = (
             freeu(
@@ -247,12 +368,13 @@ class RequestRun:
             else nullcontext()
         )
         noise = make_noise(get_sampler(plan.sampler).noise, x, sigmas, seed)
-        callback = self._step_callback(index, request.image_number, steps)
+        callback = self._inpaint_callback(self._step_callback(index, request.image_number, steps))
+        self._start_inpaint_engine()
         if request.refiner_swap_method == "separate" and second is not None and switch < steps:
             with patch:
                 x = sample(
                     plan.sampler,
-                    base,
+                    self._blended(base, seed),
                     x,
                     sigmas[: switch + 1],
                     seed=seed,
@@ -264,7 +386,13 @@ class RequestRun:
                 callback(step + switch, x, denoised)
 
             return sample(
-                plan.sampler, second, x, sigmas[switch:], seed=seed, callback=shifted, noise=noise
+                plan.sampler,
+                self._blended(second, seed),
+                x,
+                sigmas[switch:],
+                seed=seed,
+                callback=shifted,
+                noise=noise,
             )
         model = _SwitchingDenoiser(base, second)
 
@@ -275,13 +403,48 @@ class RequestRun:
 
         # FreeU patches the base UNet only (Fooocus applies it to the base model).
         with patch:
-            return sample(plan.sampler, model, x, sigmas, seed=seed, callback=on_step, noise=noise)
+            return sample(
+                plan.sampler,
+                self._blended(model, seed),
+                x,
+                sigmas,
+                seed=seed,
+                callback=on_step,
+                noise=noise,
+            )
+
+    def _blended(self, model: Denoiser, seed: int) -> Denoiser:
+        if self.blend is None:
+            return model
+        return BlendingDenoiser(model, self.blend[0], self.blend[1], seed)
+
+    def _start_inpaint_engine(self) -> None:
+        """Patch and head on for the start of each image's sampling."""
+        if self.patch is not None:
+            self.patch.apply()
+        self.head_active[0] = self.head is not None
+
+    def _inpaint_callback(self, callback: StepCallback) -> StepCallback:
+        """Take the inpaint patch and head off for the last steps (Fooocus's synthetic refiner)."""
+        if self.patch is None and self.head is None:
+            return callback
+        total = self.steps
+        off_after = max(1, round(total * (1.0 - UNPATCHED_FRACTION)))
+
+        def on_step(step: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
+            if step + 1 == off_after:
+                self.head_active[0] = False
+                if self.patch is not None:
+                    self.patch.remove()
+            callback(step, x, denoised)
+
+        return on_step
 
     def _initial_latent(self, seed: int, first_sigma: float, sigma_max: float) -> torch.Tensor:
         """Seeded CPU float32 noise [1, 4, H/8, W/8] scaled to the first sigma (§2.2)."""
         height, width = self.request.height // LATENT_SCALE, self.request.width // LATENT_SCALE
         noise = initial_noise(seed, (1, LATENT_CHANNELS, height, width))
-        return scale_initial_noise(noise, first_sigma, sigma_max)
+        return scale_initial_noise(noise, first_sigma, sigma_max, self.init_latent)
 
     def _step_progress(self) -> int:
         fraction = min(self.done_steps / max(self.total_steps, 1), 1.0)
@@ -355,15 +518,3 @@ class RequestRun:
             loras=[LoraRecord(n, w, hashes[("loras", n)]) for n, w in plan.loras],
             expansion=task.expansion,
         )
-
-
-def decode_latent(components: SDXLComponents, latent: torch.Tensor) -> Image.Image:
-    """VAE-decode one latent [1, 4, h, w] (k-space, unscaled) to an RGB image."""
-    vae = components.vae
-    scaled = latent / vae.config.scaling_factor
-    shift = getattr(vae.config, "shift_factor", None)
-    if shift:
-        scaled = scaled + shift
-    pixels = vae.decode(scaled.to(device=vae.device, dtype=vae.dtype)).sample[0]
-    array = ((pixels.float().clamp(-1.0, 1.0) + 1.0) * 127.5).round().to(torch.uint8)
-    return Image.fromarray(array.permute(1, 2, 0).cpu().numpy())

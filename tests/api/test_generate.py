@@ -131,11 +131,12 @@ def test_a_refused_request_stores_no_input_file(server: LiveServer) -> None:
             "async_process": True,
             "uov_method": "Vary (Subtle)",
             "uov_input_image": png_base64((10, 200, 30)),
+            "style_selections": ["No Such Style"],
         },
     )
-    # Vary arrives with the image-inputs issue: the engine refuses it by name before queueing.
+    # The engine refuses the unknown style by name before queueing: the image is not kept.
     assert response.status_code == 422
-    assert response.json()["detail"][0]["loc"] == ["body", "uov_method"]
+    assert response.json()["detail"][0]["loc"] == ["body", "style_selections"]
     after = set(server.inputs.glob("*")) if server.inputs.exists() else set()
     assert after == before
 

@@ -47,7 +47,8 @@ def test_list_files(model_manager: ModelManager) -> None:
         "demo_offset_lora.safetensors",
     ]
     assert model_manager.list_files("vae") == [DEMO_VAE]
-    assert model_manager.list_files("upscale_models") == []
+    assert model_manager.list_files("upscale_models") == ["fooocus_upscaler_s409985e5.bin"]
+    assert model_manager.list_files("controlnet") == []
     with pytest.raises(ValueError, match="unknown model folder"):
         model_manager.list_files("nope")
 

@@ -256,9 +256,28 @@ def test_performance_steps(engine: Engine, performance: str, steps: int) -> None
             "refiner_swap_method",
             True,
         ),
-        ({"uov_method": "Vary (Subtle)"}, "uov_method", True),
-        ({"inpaint_input_image": Image.new("RGB", (8, 8))}, "inpaint_input_image", True),
-        ({"outpaint_selections": ("Left",)}, "outpaint_selections", True),
+        ({"uov_method": "Vary (Subtle)"}, "uov_input_image", False),  # no image
+        ({"uov_method": "Vary (Sideways)"}, "uov_method", False),
+        (
+            {
+                "uov_method": "Upscale (Custom)",
+                "uov_input_image": Image.new("RGB", (8, 8)),
+                "upscale_multiple": 6.0,
+            },
+            "upscale_multiple",
+            False,
+        ),
+        ({"inpaint_input_image": Image.new("RGB", (8, 8))}, "inpaint_mask_image", False),
+        ({"outpaint_selections": ("Left",)}, "inpaint_input_image", False),
+        (
+            {
+                "inpaint_input_image": Image.new("RGB", (8, 8)),
+                "outpaint_selections": ("Left",),
+                "debugging_inpaint_preprocessor": True,
+            },
+            "debugging_inpaint_preprocessor",
+            True,
+        ),
         ({"image_prompts": (ImagePromptSpec(Image.new("RGB", (8, 8))),)}, "image_prompts", True),
         ({"black_out_nsfw": True}, "black_out_nsfw", False),  # no checker file
         ({"prompt": "a cat, embedding:foo"}, "prompt", True),
