@@ -15,10 +15,12 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 run: $(VENV)/.installed
 	$(PY) manage.py migrate --noinput
+	@echo "Admin: http://$(HOST):$(PORT)/admin/ (no login yet? $(PY) manage.py createsuperuser)"
 	$(PY) manage.py serve --host $(HOST) --port $(PORT)
 
 demo: $(VENV)/.installed
 	$(PY) manage.py migrate --noinput
+	@echo "Admin: http://$(HOST):$(PORT)/admin/ (no login yet? $(PY) manage.py createsuperuser)"
 	$(PY) manage.py serve --host $(HOST) --port $(PORT) --preset demo
 
 lint: $(VENV)/.installed
