@@ -3,10 +3,13 @@ workers' channel (``python manage.py runworker fooocus-engine``)."""
 
 import os
 
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fooocus_site.settings")
-django_application = get_asgi_application()
+# Static files (the admin's CSS, Swagger UI) are served by the same process: there is no
+# separate web server in front of daphne in the embedded mode.
+django_application = ASGIStaticFilesHandler(get_asgi_application())
 
 from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.conf import settings  # noqa: E402

@@ -45,6 +45,7 @@ FOOOCUS_INPUTS_DIR = env_path("FOOOCUS_INPUTS_DIR", BASE_DIR / "inputs")
 FOOOCUS_MODELS_DIR = env_path("FOOOCUS_MODELS_DIR", BASE_DIR / "models")
 FOOOCUS_PRESETS_DIR = env_path("FOOOCUS_PRESETS_DIR", BASE_DIR / "presets")
 FOOOCUS_STYLES_DIR = env_path("FOOOCUS_STYLES_DIR", BASE_DIR / "styles")
+FOOOCUS_WILDCARDS_DIR = env_path("FOOOCUS_WILDCARDS_DIR", BASE_DIR / "wildcards")
 FOOOCUS_OUTPUTS_DIR.mkdir(parents=True, exist_ok=True)
 
 
@@ -86,14 +87,45 @@ FOOOCUS_TORCH_THREADS = env_int("FOOOCUS_TORCH_THREADS", 0)
 FOOOCUS_ALLOW_DOWNLOADS = env_bool("FOOOCUS_ALLOW_DOWNLOADS", True)
 # Image inputs given as URLs: fetch limits, and whether private/loopback targets are allowed.
 FOOOCUS_ALLOW_PRIVATE_URLS = env_bool("FOOOCUS_ALLOW_PRIVATE_URLS")
+# Hosts trusted even on private addresses (an internal image store); each redirect is checked.
+FOOOCUS_TRUSTED_URL_HOSTS = [h.lower() for h in env_list("FOOOCUS_TRUSTED_URL_HOSTS", [])]
 FOOOCUS_URL_FETCH_TIMEOUT = float(os.environ.get("FOOOCUS_URL_FETCH_TIMEOUT", "20"))
 FOOOCUS_MAX_IMAGE_BYTES = env_int("FOOOCUS_MAX_IMAGE_BYTES", 50 * 1024 * 1024)
 # The worker re-checks the queue this often even without a wake-up message (seconds).
 FOOOCUS_WORKER_POLL_SECONDS = float(os.environ.get("FOOOCUS_WORKER_POLL_SECONDS", "2"))
 # Waiting sync/binary/stream requests re-read the task from the database this often (seconds).
 FOOOCUS_WAIT_RECHECK_SECONDS = float(os.environ.get("FOOOCUS_WAIT_RECHECK_SECONDS", "2"))
+# Access control (see generation/access.py). Comma-separated admin keys from the environment;
+# more keys (named, scoped, revocable) in the database via the admin or `manage.py apikey`.
+FOOOCUS_API_KEYS = os.environ.get("FOOOCUS_API_KEYS", "").strip()
+FOOOCUS_RATE_LIMIT_PER_MINUTE = env_int("FOOOCUS_RATE_LIMIT_PER_MINUTE", 0)
+FOOOCUS_MAX_QUEUED_PER_KEY = env_int("FOOOCUS_MAX_QUEUED_PER_KEY", 0)
+# Serve /outputs and /inputs only through expiring signed URLs (default: public, as FooocusAPI).
+FOOOCUS_SIGNED_FILE_URLS = env_bool("FOOOCUS_SIGNED_FILE_URLS")
+FOOOCUS_SIGNED_URL_TTL = env_int("FOOOCUS_SIGNED_URL_TTL", 3600)
+# Request limits.
+FOOOCUS_MAX_BODY_BYTES = env_int("FOOOCUS_MAX_BODY_BYTES", 64 * 1024 * 1024)
+FOOOCUS_MAX_PROMPT_CHARS = env_int("FOOOCUS_MAX_PROMPT_CHARS", 10_000)
+FOOOCUS_MAX_IMAGE_PIXELS = env_int("FOOOCUS_MAX_IMAGE_PIXELS", 4096 * 4096)
+# What one request may ask the GPU for: images, sampling steps, and output size (W*H).
+FOOOCUS_MAX_IMAGE_NUMBER = env_int("FOOOCUS_MAX_IMAGE_NUMBER", 32)
+FOOOCUS_MAX_STEPS = env_int("FOOOCUS_MAX_STEPS", 200)
+FOOOCUS_MAX_OUTPUT_PIXELS = env_int("FOOOCUS_MAX_OUTPUT_PIXELS", 4096 * 4096)
+# Webhooks: signing secret (Standard Webhooks headers) and private targets.
+FOOOCUS_WEBHOOK_SECRET = os.environ.get("FOOOCUS_WEBHOOK_SECRET", "").strip()
+FOOOCUS_ALLOW_PRIVATE_WEBHOOKS = env_bool("FOOOCUS_ALLOW_PRIVATE_WEBHOOKS")
+FOOOCUS_WEBHOOK_PROGRESS_INTERVAL = float(os.environ.get("FOOOCUS_WEBHOOK_PROGRESS_INTERVAL", "5"))
+# Browsers allowed to call the API from other origins (none by default; "*" for any).
+FOOOCUS_CORS_ORIGINS = env_list("FOOOCUS_CORS_ORIGINS", [])
 # Channel name of the engine workers (python manage.py runworker fooocus-engine).
 FOOOCUS_WORKER_CHANNEL = "fooocus-engine"
+# Workers record a heartbeat this often; a worker silent for the lease is taken for dead and
+# its task goes back to the queue, up to FOOOCUS_TASK_MAX_ATTEMPTS runs, then fails (seconds).
+FOOOCUS_WORKER_HEARTBEAT_SECONDS = float(os.environ.get("FOOOCUS_WORKER_HEARTBEAT_SECONDS", "5"))
+FOOOCUS_WORKER_LEASE_SECONDS = float(os.environ.get("FOOOCUS_WORKER_LEASE_SECONDS", "30"))
+FOOOCUS_TASK_MAX_ATTEMPTS = env_int("FOOOCUS_TASK_MAX_ATTEMPTS", 3)
+# Prefix of every Redis key (channel layer and cache), so deployments can share one Redis.
+FOOOCUS_REDIS_PREFIX = os.environ.get("FOOOCUS_REDIS_PREFIX", "").strip()
 
 INSTALLED_APPS = [
     "daphne",
@@ -108,10 +140,13 @@ INSTALLED_APPS = [
     "history",
     "generation",
     "channels",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "generation.middleware.ApiHeadersMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -178,16 +213,31 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 60},
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                "capacity": 1000,
+                "expiry": 60,
+                "prefix": f"{FOOOCUS_REDIS_PREFIX}:asgi" if FOOOCUS_REDIS_PREFIX else "asgi",
+            },
         }
     }
     CACHES = {
         "default": {
             "BACKEND": "django_redis.cache.RedisCache",
             "LOCATION": REDIS_URL,
-            "OPTIONS": {"CLIENT_CLASS": "django_redis.client.DefaultClient"},
+            "KEY_PREFIX": FOOOCUS_REDIS_PREFIX,
+            "OPTIONS": {
+                "CLIENT_CLASS": "django_redis.client.DefaultClient",
+                # Live progress and stop/skip requests live here; while Redis restarts a task
+                # must go on (the database holds everything that matters), so errors are logged
+                # and read as a miss instead of failing the task.
+                "IGNORE_EXCEPTIONS": True,
+                "SOCKET_CONNECT_TIMEOUT": 2,
+                "SOCKET_TIMEOUT": 5,
+            },
         }
     }
+    DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
@@ -208,15 +258,42 @@ STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # Generate bodies carry base64 images; the per-field size limits are checked in the serializer.
-DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("FOOOCUS_MAX_BODY_BYTES", 200 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = FOOOCUS_MAX_BODY_BYTES
+
+# Security headers on every response; cookies only over HTTPS when served behind TLS.
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+FOOOCUS_HTTPS = env_bool("FOOOCUS_HTTPS") or FOOOCUS_PUBLIC_URL.startswith("https://")
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = FOOOCUS_HTTPS
+SESSION_COOKIE_HTTPONLY = True
+CSRF_TRUSTED_ORIGINS = [FOOOCUS_PUBLIC_URL] if FOOOCUS_PUBLIC_URL else []
+if FOOOCUS_HTTPS:
+    SECURE_HSTS_SECONDS = 31_536_000
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": [],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["generation.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["generation.auth.HasScope"],
+    "DEFAULT_THROTTLE_CLASSES": ["generation.auth.KeyRateThrottle"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "generation.exceptions.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Fooocus API server",
+    "DESCRIPTION": "FooocusAPI-compatible image generation: one generate endpoint with async, "
+    "streaming (server-sent events), binary and JSON results; task history; engine information.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
 }
 
 LOGGING = {

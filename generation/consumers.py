@@ -18,14 +18,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.http import AsyncHttpConsumer
 from django.conf import settings
 from django.db import close_old_connections
 from PIL import Image
 from rest_framework.exceptions import ValidationError
 
+from generation.access import AuthError, RateLimited, authenticate, check_rate, require_scope
 from generation.events import stream_event, task_group
 from generation.exceptions import validation_error_body
+from generation.middleware import cors_headers
 from generation.presenters import output_url, public_base, task_object
 from generation.submit import submit_generate
 from history.files import resolve_output
@@ -91,6 +94,25 @@ def image_format_from_accept(accept: str | None) -> str | None:
 class GenerateConsumer(AsyncHttpConsumer):
     """Validates, queues, and answers in the mode the request chose (API.md §1.2)."""
 
+    async def http_request(self, message: dict[str, Any]) -> None:
+        # Refuse an oversized body as soon as it passes the limit, not after buffering it all.
+        chunks: list[bytes] = self.body
+        received = sum(len(chunk) for chunk in chunks) + len(message.get("body", b""))
+        if received > settings.FOOOCUS_MAX_BODY_BYTES:
+            chunks.clear()
+            await self.send_json(
+                413,
+                {"detail": f"request body larger than {settings.FOOOCUS_MAX_BODY_BYTES} bytes"},
+            )
+            raise StopConsumer()
+        await super().http_request(message)
+
+    async def send_headers(self, *, status: int = 200, headers: Any = None) -> None:
+        extra = [(b"X-Content-Type-Options", b"nosniff"), (b"Referrer-Policy", b"same-origin")]
+        origin = _header(self.scope, b"origin")
+        extra += [(k.encode(), v.encode()) for k, v in cors_headers(origin)]
+        await super().send_headers(status=status, headers=[*(headers or []), *extra])
+
     async def send_json(
         self, status: int, body: Any, headers: list[tuple[bytes, bytes]] | None = None
     ) -> None:
@@ -101,9 +123,28 @@ class GenerateConsumer(AsyncHttpConsumer):
         )
 
     async def handle(self, body: bytes) -> None:
+        if self.scope.get("method") == "OPTIONS":
+            await self.send_response(204, b"")
+            return
         if self.scope.get("method") != "POST":
             await self.send_json(
                 405, {"detail": "Method not allowed; POST a JSON body"}, [(b"Allow", b"POST")]
+            )
+            return
+        headers = {
+            bytes(k).decode("latin-1").lower(): bytes(v).decode("latin-1")
+            for k, v in self.scope.get("headers", [])
+        }
+        try:
+            caller = await in_thread(authenticate)(headers)
+            require_scope(caller, "generate")
+            await in_thread(check_rate)(caller)
+        except AuthError as exc:
+            await self.send_json(exc.status, {"detail": exc.message})
+            return
+        except RateLimited as exc:
+            await self.send_json(
+                429, {"detail": exc.message}, [(b"Retry-After", str(exc.retry_after).encode())]
             )
             return
         try:
@@ -133,10 +174,15 @@ class GenerateConsumer(AsyncHttpConsumer):
         try:
             try:
                 task = await in_thread(submit_generate)(
-                    data, base_url=base, binary=binary, task_id=task_id
+                    data, base_url=base, binary=binary, task_id=task_id, caller=caller
                 )
             except ValidationError as exc:
                 await self.send_json(422, validation_error_body(exc.detail))
+                return
+            except RateLimited as exc:
+                await self.send_json(
+                    429, {"detail": exc.message}, [(b"Retry-After", str(exc.retry_after).encode())]
+                )
                 return
             except QueueFullError as exc:
                 await self.send_json(

@@ -11,12 +11,12 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from PIL import Image, UnidentifiedImageError
 from rest_framework import serializers
 
 NO_IMAGE_VALUES = {"", "none", "null"}
 MAX_REDIRECTS = 5
-MAX_PIXELS = 8192 * 8192
 
 
 class ImageInputError(ValueError):
@@ -28,8 +28,11 @@ def _decode_bytes(data: bytes) -> Image.Image:
         raise ImageInputError(f"image is larger than {settings.FOOOCUS_MAX_IMAGE_BYTES} bytes")
     try:
         with Image.open(io.BytesIO(data)) as opened:
-            if opened.width * opened.height > MAX_PIXELS:
-                raise ImageInputError(f"image has more than {MAX_PIXELS} pixels")
+            limit = settings.FOOOCUS_MAX_IMAGE_PIXELS
+            if opened.width * opened.height > limit:
+                raise ImageInputError(
+                    f"image is {opened.width}x{opened.height}, more than {limit} pixels"
+                )
             opened.load()
             image = opened.copy()
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
@@ -39,9 +42,11 @@ def _decode_bytes(data: bytes) -> Image.Image:
     return image.convert("RGB")
 
 
-def _check_public_host(host: str, port: int) -> None:
+def _check_public_host(host: str, port: int, *, allow_private: bool | None = None) -> None:
     """Refuse private, loopback and link-local targets (after DNS resolution) unless allowed."""
-    if settings.FOOOCUS_ALLOW_PRIVATE_URLS:
+    if settings.FOOOCUS_ALLOW_PRIVATE_URLS if allow_private is None else allow_private:
+        return
+    if host.lower() in settings.FOOOCUS_TRUSTED_URL_HOSTS:
         return
     try:
         infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
@@ -54,6 +59,18 @@ def _check_public_host(host: str, port: int) -> None:
                 f"refusing to fetch from non-public address {address} "
                 "(set FOOOCUS_ALLOW_PRIVATE_URLS=1 to allow)"
             )
+
+
+def check_webhook_target(url: str) -> None:
+    """A webhook URL must be http(s) to a public address (unless private targets are allowed)."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ImageInputError("must be an http(s) URL")
+    _check_public_host(
+        parts.hostname,
+        parts.port or (443 if parts.scheme == "https" else 80),
+        allow_private=settings.FOOOCUS_ALLOW_PRIVATE_WEBHOOKS,
+    )
 
 
 def fetch_image_url(url: str) -> Image.Image:
@@ -108,6 +125,9 @@ def decode_image_input(value: str) -> Image.Image:
     return _decode_bytes(data)
 
 
+@extend_schema_field(
+    {"type": "string", "nullable": True, "description": "base64, data: URL or http(s) URL"}
+)
 class ImageInputField(serializers.Field):
     """A request image: decoded to a PIL image during validation; "", "None" and null = none."""
 

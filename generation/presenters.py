@@ -8,6 +8,7 @@ from typing import Any
 from django.conf import settings
 
 from generation.events import live_get
+from generation.signing import signed_query
 from history.files import resolve_output
 from history.models import Task, TaskStatus
 
@@ -24,7 +25,13 @@ def _mills(moment: Any) -> int | None:
 
 
 def output_url(base: str, relative: str) -> str:
-    return f"{base}/outputs/{relative}"
+    path = f"/outputs/{relative}"
+    return f"{base}{path}{signed_query(path)}"
+
+
+def input_url(base: str, path: str) -> str:
+    """``path`` is the stored ``/inputs/<sha256>.png``."""
+    return f"{base}{path}{signed_query(path)}"
 
 
 def _absolute_params(params: dict[str, Any], base: str) -> dict[str, Any]:
@@ -32,10 +39,10 @@ def _absolute_params(params: dict[str, Any], base: str) -> dict[str, Any]:
     shown.pop("performance_lora_name", None)
     for key in IMAGE_PARAM_FIELDS:
         if shown.get(key):
-            shown[key] = base + shown[key]
+            shown[key] = input_url(base, shown[key])
     if shown.get("controlnet_image"):
         shown["controlnet_image"] = [
-            {**slot, "cn_img": base + slot["cn_img"] if slot.get("cn_img") else ""}
+            {**slot, "cn_img": input_url(base, slot["cn_img"]) if slot.get("cn_img") else ""}
             for slot in shown["controlnet_image"]
         ]
     return shown

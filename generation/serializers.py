@@ -5,15 +5,18 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from django.conf import settings
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
 
 from engine import options
 from generation.catalog import Catalog
-from generation.images import ImageInputField
+from generation.images import ImageInputError, ImageInputField, check_webhook_target
 
 MAX_SEED = 2**63 - 1
+WEBHOOK_EVENTS = ("queued", "started", "progress", "finished", "failed", "stop", "canceled")
+DEFAULT_WEBHOOK_EVENTS = ("finished", "failed", "stop", "canceled")
 _RATIO = re.compile(r"^\s*(\d+)\s*[*×xX]\s*(\d+)")
 _SAVE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,127}$")
 
@@ -149,6 +152,10 @@ class GenerateRequestSerializer(serializers.Serializer):
     async_process = serializers.BooleanField(default=False)
     stream_output = serializers.BooleanField(default=False)
     webhook_url = serializers.CharField(default="", allow_blank=True, allow_null=True)
+    webhook_events = serializers.ListField(
+        child=serializers.ChoiceField(choices=WEBHOOK_EVENTS),
+        default=list(DEFAULT_WEBHOOK_EVENTS),
+    )
 
     @property
     def catalog(self) -> Catalog:
@@ -160,6 +167,13 @@ class GenerateRequestSerializer(serializers.Serializer):
     def validate_aspect_ratios_selection(self, value: str) -> str:
         width, height = parse_aspect_ratio(value)
         return f"{width}*{height}"
+
+    def validate_image_number(self, value: int) -> int:
+        if value > settings.FOOOCUS_MAX_IMAGE_NUMBER:
+            raise serializers.ValidationError(
+                f"this server allows at most {settings.FOOOCUS_MAX_IMAGE_NUMBER} images a request"
+            )
+        return value
 
     def validate_overwrite_step(self, value: int) -> int:
         _overwrite(value, 1, 200)
@@ -203,9 +217,22 @@ class GenerateRequestSerializer(serializers.Serializer):
 
     def validate_webhook_url(self, value: str | None) -> str:
         value = (value or "").strip()
-        if value and not value.lower().startswith(("http://", "https://")):
-            raise serializers.ValidationError("must be an http(s) URL")
+        if value:
+            try:
+                check_webhook_target(value)
+            except ImageInputError as exc:
+                raise serializers.ValidationError(str(exc)) from exc
         return value
+
+    def _prompt_length(self, value: str) -> str:
+        limit = settings.FOOOCUS_MAX_PROMPT_CHARS
+        if len(value) > limit:
+            raise serializers.ValidationError(f"longer than {limit} characters")
+        return value
+
+    validate_prompt = _prompt_length
+    validate_negative_prompt = _prompt_length
+    validate_inpaint_additional_prompt = _prompt_length
 
     def validate_style_selections(self, value: list[str]) -> list[str]:
         known = set(self.catalog.styles())
@@ -266,11 +293,39 @@ class GenerateRequestSerializer(serializers.Serializer):
             raise serializers.ValidationError(
                 {"inpaint_input_image": "a mask was given without the image to inpaint"}
             )
+        self._check_cost(attrs)
         if attrs["canny_low_threshold"] > attrs["canny_high_threshold"]:
             raise serializers.ValidationError(
                 {"canny_low_threshold": "must not be above canny_high_threshold"}
             )
         return attrs
+
+    @staticmethod
+    def _check_cost(attrs: dict[str, Any]) -> None:
+        """The operator's caps on steps and output size (a public server's GPU budget)."""
+        steps = attrs["overwrite_step"]
+        if steps == -1:
+            steps = options.PERFORMANCES[attrs["performance_selection"]].steps
+        if steps > settings.FOOOCUS_MAX_STEPS:
+            field = "overwrite_step" if attrs["overwrite_step"] != -1 else "performance_selection"
+            raise serializers.ValidationError(
+                {field: f"{steps} steps; this server allows at most {settings.FOOOCUS_MAX_STEPS}"}
+            )
+        width, height = parse_aspect_ratio(attrs["aspect_ratios_selection"])
+        width = attrs["overwrite_width"] if attrs["overwrite_width"] > 0 else width
+        height = attrs["overwrite_height"] if attrs["overwrite_height"] > 0 else height
+        if width * height > settings.FOOOCUS_MAX_OUTPUT_PIXELS:
+            field = (
+                "overwrite_width"
+                if attrs["overwrite_width"] > 0 or attrs["overwrite_height"] > 0
+                else "aspect_ratios_selection"
+            )
+            raise serializers.ValidationError(
+                {
+                    field: f"{width}x{height} is larger than this server's "
+                    f"{settings.FOOOCUS_MAX_OUTPUT_PIXELS} output pixels"
+                }
+            )
 
 
 class TaskQuerySerializer(serializers.Serializer):

@@ -8,14 +8,23 @@ from django.conf import settings
 from rest_framework.exceptions import ValidationError
 
 from engine.types import EngineInputError
+from generation.access import ANONYMOUS, Caller, RateLimited, queued_task_limit
 from generation.catalog import get_catalog
 from generation.params import build_req_params, engine_request_from_params, validate_generate
+from generation.webhooks import send_webhook_event
 from generation.worker import wake_workers
 from history import services
 from history.models import Task
 
 
-def submit_generate(data: Any, *, base_url: str, binary: bool, task_id: str | None = None) -> Task:
+def submit_generate(
+    data: Any,
+    *,
+    base_url: str,
+    binary: bool,
+    task_id: str | None = None,
+    caller: Caller = ANONYMOUS,
+) -> Task:
     """Validate ``data`` and queue it. Raises ``ValidationError`` (422) or ``QueueFullError``.
 
     Everything that can be wrong with a request is found before the row is written: field
@@ -30,11 +39,18 @@ def submit_generate(data: Any, *, base_url: str, binary: bool, task_id: str | No
         raise ValidationError({exc.field: [exc.message]}) from exc
     params = build_req_params(validated)
     webhook_url = params.get("webhook_url") or settings.FOOOCUS_WEBHOOK_URL
-    return services.task_create(
-        task_id=task_id,
-        req_params=params,
-        webhook_url=webhook_url,
-        base_url=base_url,
-        queue_limit=settings.FOOOCUS_QUEUE_SIZE,
-        on_commit=lambda _task: wake_workers(),
-    )
+    try:
+        task = services.task_create(
+            task_id=task_id,
+            req_params=params,
+            webhook_url=webhook_url,
+            base_url=base_url,
+            queue_limit=settings.FOOOCUS_QUEUE_SIZE,
+            api_key=caller.key_id,
+            key_queue_limit=queued_task_limit(caller),
+            on_commit=lambda _task: wake_workers(),
+        )
+    except services.KeyQueueFullError as exc:
+        raise RateLimited(str(exc), retry_after=10) from exc
+    send_webhook_event(task, "queued")
+    return task

@@ -5,27 +5,53 @@ from __future__ import annotations
 import mimetypes
 from typing import Any
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
-from rest_framework.exceptions import NotFound, ValidationError
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
+from rest_framework import serializers
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from engine import options
+from generation.access import Caller
 from generation.catalog import get_catalog
-from generation.events import control_request, stream_event, task_group
+from generation.control import task_cancel_and_notify
+from generation.events import control_request
 from generation.presenters import task_object
+from generation.schema import (
+    COMMON_ERRORS,
+    CancelResultSerializer,
+    DeleteResultSerializer,
+    DetailSerializer,
+    TaskListsSerializer,
+    TaskObjectSerializer,
+    ValidationErrorSerializer,
+)
 from generation.serializers import TaskQuerySerializer
+from generation.signing import signature_valid
 from history import selectors, services
 from history.files import resolve_input, resolve_output
-from history.models import TaskStatus
 
 
 def _base(request: Request | HttpRequest) -> str:
     return f"{request.scheme}://{request.get_host()}"
+
+
+def _scope_of(request: Request) -> str | None:
+    """Which tasks the caller may see: None = all (admin), else its own key's."""
+    caller = request.user
+    if isinstance(caller, Caller) and caller.is_admin:
+        return None
+    return caller.key_id if isinstance(caller, Caller) else ""
 
 
 def _query_error(serializer: TaskQuerySerializer) -> ValidationError:
@@ -37,12 +63,24 @@ def _query_error(serializer: TaskQuerySerializer) -> ValidationError:
 class TaskListView(APIView):
     """``GET /tasks``: history, current and pending lists; ``action=delete`` deletes a range."""
 
+    required_scope = "read"
+
+    @extend_schema(
+        operation_id="tasks_list",
+        parameters=[TaskQuerySerializer],
+        responses={
+            200: OpenApiResponse(TaskListsSerializer, "the lists (or, with action=delete, counts)"),
+            422: ValidationErrorSerializer,
+            **COMMON_ERRORS,
+        },
+    )
     def get(self, request: Request) -> Response:
         serializer = TaskQuerySerializer(data=request.query_params)
         if not serializer.is_valid():
             raise _query_error(serializer)
         query: dict[str, Any] = serializer.validated_data
         if query["action"] == "delete":
+            self._require_admin(request)
             return self._delete(query)
         base = _base(request)
         body: dict[str, list[dict[str, Any]]] = {"history": [], "current": [], "pending": []}
@@ -51,24 +89,40 @@ class TaskListView(APIView):
             "page_size": query["page_size"],
             "start": query.get("start_at"),
             "end": query.get("end_at"),
+            "api_key": _scope_of(request),
         }
         if query["query"] in ("all", "history"):
             body["history"] = [
                 task_object(t, base=base) for t in selectors.task_list_history(**window)
             ]
         if query["query"] in ("all", "current"):
-            body["current"] = [task_object(t, base=base) for t in selectors.task_list_running()]
+            body["current"] = [
+                task_object(t, base=base)
+                for t in selectors.task_list_running(api_key=_scope_of(request))
+            ]
         if query["query"] in ("all", "pending"):
             body["pending"] = [
                 task_object(t, base=base) for t in selectors.task_list_pending(**window)
             ]
         return Response(body)
 
+    @extend_schema(
+        operation_id="tasks_delete_range",
+        parameters=[TaskQuerySerializer],
+        responses={200: DeleteResultSerializer, 422: ValidationErrorSerializer, **COMMON_ERRORS},
+    )
     def delete(self, request: Request) -> Response:
+        self._require_admin(request)
         serializer = TaskQuerySerializer(data={**request.query_params.dict(), "action": "delete"})
         if not serializer.is_valid():
             raise _query_error(serializer)
         return self._delete(serializer.validated_data)
+
+    @staticmethod
+    def _require_admin(request: Request) -> None:
+        caller = request.user
+        if not isinstance(caller, Caller) or not caller.is_admin:
+            raise PermissionDenied("deleting history needs an API key with the 'admin' scope")
 
     @staticmethod
     def _delete(query: dict[str, Any]) -> Response:
@@ -79,38 +133,60 @@ class TaskListView(APIView):
 class TaskDetailView(APIView):
     """``GET /tasks/{task_id}``: one task object, 404 when unknown."""
 
+    required_scope = "read"
+
+    @extend_schema(responses={200: TaskObjectSerializer, 404: DetailSerializer, **COMMON_ERRORS})
     def get(self, request: Request, task_id: str) -> Response:
-        task = selectors.task_get(task_id=task_id)
+        task = selectors.task_get(task_id=task_id, api_key=_scope_of(request))
         if task is None:
             raise NotFound(f"no task {task_id}")
         return Response(task_object(task, base=_base(request), with_deliveries=True))
 
 
-def _publish_end(task_id: str, status_name: str, message: str) -> None:
-    layer = get_channel_layer()
-    if layer is not None:
-        event = stream_event(task_id=task_id, status=status_name, progress=0, message=message)
-        async_to_sync(layer.group_send)(task_group(task_id), {"type": "task.event", "event": event})
-
-
 class TaskCancelView(APIView):
     """``POST /tasks/{task_id}/cancel``: a waiting task never runs; a running one stops."""
 
+    required_scope = "generate"
+
+    @extend_schema(
+        request=None,
+        responses={200: CancelResultSerializer, 404: DetailSerializer, **COMMON_ERRORS},
+    )
     def post(self, request: Request, task_id: str) -> Response:
-        outcome = services.task_cancel(task_id=task_id)
+        if selectors.task_get(task_id=task_id, api_key=_scope_of(request)) is None:
+            raise NotFound(f"no task {task_id}")
+        outcome = task_cancel_and_notify(task_id=task_id)
         if outcome is None:
             raise NotFound(f"no task {task_id}")
-        if outcome.action == "canceled":
-            _publish_end(task_id, TaskStatus.CANCELED, "Canceled")
-        elif outcome.action == "stopping":
-            control_request(task_id, "stop")
         task = selectors.task_get(task_id=task_id) or outcome.task
         return Response({"action": outcome.action, "task": task_object(task, base=_base(request))})
 
 
 class EngineControlView(APIView):
-    """``POST /v1/engine/control?action=stop|skip``: FooocusAPI's control of the running task."""
+    """``POST /v1/engine/control?action=stop|skip``: FooocusAPI's control of the running task.
 
+    It acts on whatever runs, whoever submitted it, so it needs the ``admin`` scope."""
+
+    required_scope = "admin"
+
+    @extend_schema(
+        request=None,
+        parameters=[
+            OpenApiParameter("action", str, enum=["stop", "skip"], required=True),
+        ],
+        responses={
+            200: inline_serializer(
+                "ControlResult",
+                {
+                    "action": serializers.CharField(),
+                    "message": serializers.CharField(),
+                    "task_ids": serializers.ListField(child=serializers.CharField()),
+                },
+            ),
+            422: ValidationErrorSerializer,
+            **COMMON_ERRORS,
+        },
+    )
     def post(self, request: Request) -> Response:
         data = request.data if isinstance(request.data, dict) else {}
         action = request.query_params.get("action") or data.get("action", "")
@@ -131,6 +207,26 @@ class EngineControlView(APIView):
 
 
 class AllModelsView(APIView):
+    required_scope = "any"
+
+    @extend_schema(
+        responses={
+            200: inline_serializer(
+                "AllModels",
+                {
+                    name: serializers.ListField(child=serializers.CharField())
+                    for name in (
+                        "model_filenames",
+                        "lora_filenames",
+                        "vae_filenames",
+                        "downloadable_model_filenames",
+                        "downloadable_lora_filenames",
+                    )
+                },
+            ),
+            **COMMON_ERRORS,
+        }
+    )
     def get(self, request: Request) -> Response:
         catalog = get_catalog()
         return Response(
@@ -145,11 +241,27 @@ class AllModelsView(APIView):
 
 
 class StylesView(APIView):
+    required_scope = "any"
+
+    @extend_schema(responses={200: serializers.ListSerializer(child=serializers.CharField())})
     def get(self, request: Request) -> Response:
         return Response(get_catalog().styles())
 
 
 class PresetsView(APIView):
+    required_scope = "any"
+
+    @extend_schema(
+        responses={
+            200: inline_serializer(
+                "Presets",
+                {
+                    "default": serializers.CharField(),
+                    "presets": serializers.ListField(child=serializers.CharField()),
+                },
+            )
+        }
+    )
     def get(self, request: Request) -> Response:
         return Response({"default": settings.FOOOCUS_PRESET, "presets": get_catalog().presets()})
 
@@ -157,6 +269,9 @@ class PresetsView(APIView):
 class OptionsView(APIView):
     """The allowed values of every enumerated request field."""
 
+    required_scope = "any"
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
     def get(self, request: Request) -> Response:
         catalog = get_catalog()
         preset = catalog.preset("initial")
@@ -195,13 +310,20 @@ def _file_response(path: Any) -> FileResponse:
     return response
 
 
+def _check_signature(request: HttpRequest) -> None:
+    if not signature_valid(request.path, request.GET.get("exp"), request.GET.get("sig")):
+        raise DjangoPermissionDenied("this file URL is unsigned, wrongly signed or expired")
+
+
 def output_file(request: HttpRequest, day: str, name: str) -> FileResponse:
     """``GET /outputs/<day>/<name>``: anything leaving the outputs folder is a 404."""
+    _check_signature(request)
     return _file_response(resolve_output(day, name))
 
 
 def input_file(request: HttpRequest, name: str) -> FileResponse:
     """``GET /inputs/<name>``."""
+    _check_signature(request)
     return _file_response(resolve_input(name))
 
 

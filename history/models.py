@@ -42,6 +42,8 @@ class Task(models.Model):
     seeds = models.JSONField(default=list, blank=True)
     error = models.TextField(blank=True, default="")
     worker = models.CharField(max_length=128, blank=True, default="")
+    # The API key that created the task (its public prefix; "" when auth is off).
+    api_key = models.CharField(max_length=32, blank=True, default="", db_index=True)
     attempts = models.PositiveSmallIntegerField(default=0)
 
     class Meta:
@@ -84,3 +86,29 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"webhook #{self.attempt} for {self.task_id}: {'ok' if self.ok else 'failed'}"
+
+
+class WorkerHeartbeat(models.Model):
+    """One live engine worker process. A row whose ``beat_at`` is older than the lease means the
+    worker died, and the task it held is put back in the queue by any other worker.
+
+    ``beat_at`` is written with the database's clock, so machines with skewed clocks agree on
+    who is alive.
+    """
+
+    name = models.CharField(max_length=128, unique=True)
+    hostname = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    device = models.CharField(max_length=32, blank=True, default="")
+    started_at = models.DateTimeField()
+    beat_at = models.DateTimeField(db_index=True)
+    current_task_id = models.CharField(max_length=32, blank=True, default="")
+    # Sampling steps done since the worker started, and the rate over the last beat interval.
+    steps_total = models.PositiveBigIntegerField(default=0)
+    step_rate = models.FloatField(default=0.0)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} (beat {self.beat_at:%H:%M:%S})"

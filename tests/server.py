@@ -75,6 +75,8 @@ def start_server(
         "FOOOCUS_INPUTS_DIR": str(home / "inputs"),
         "FOOOCUS_MODELS_DIR": str(models_dir),
         "FOOOCUS_ALLOW_DOWNLOADS": "0",
+        # The webhook tests receive on 127.0.0.1.
+        "FOOOCUS_ALLOW_PRIVATE_WEBHOOKS": "1",
         "FOOOCUS_WORKER_POLL_SECONDS": "0.5",
         "FOOOCUS_WAIT_RECHECK_SECONDS": "0.5",
         "FOOOCUS_WEBHOOK_BACKOFF": "0.2",

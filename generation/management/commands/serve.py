@@ -12,6 +12,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from fooocus_site.settings import env_bool
+
 logger = logging.getLogger("generation")
 
 
@@ -44,6 +46,7 @@ class Command(BaseCommand):
         from fooocus_site.asgi import application
 
         host, port = options["host"], options["port"]
+        self._refuse_open_public_address(host)
         interface = host.replace(":", r"\:")
         server = daphne.server.Server(
             application=application,
@@ -65,6 +68,21 @@ class Command(BaseCommand):
         )
         server.run()
         self.stdout.write("Stopped.")
+
+    @staticmethod
+    def _refuse_open_public_address(host: str) -> None:
+        """Keys are optional on loopback only: a server reachable from other machines without
+        any key would run anybody's jobs on this GPU."""
+        from generation.access import auth_enabled
+
+        loopback = host in {"localhost", "::1"} or host.startswith("127.")
+        if loopback or auth_enabled() or env_bool("FOOOCUS_ALLOW_ANONYMOUS"):
+            return
+        raise CommandError(
+            f"refusing to serve {host} without API keys: create one with "
+            "`python manage.py apikey create NAME` (or set FOOOCUS_API_KEYS), "
+            "or set FOOOCUS_ALLOW_ANONYMOUS=1 to serve it open on purpose"
+        )
 
     @staticmethod
     def _start_worker(application: Any, runtime: dict[str, Any]) -> None:
