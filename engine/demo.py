@@ -24,7 +24,22 @@ from transformers import CLIPConfig, GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
 
 from engine import checkpoint_keys as keys
 from engine.components import SDXL_CONFIG_DIR, TINY_VAE_CONFIG, SDXLComponents, build_tiny_sdxl
+from engine.demo_image_prompts import (
+    write_tiny_clip_vision,
+    write_tiny_clip_vision_config,
+    write_tiny_control_lora,
+    write_tiny_ip_adapter,
+    write_tiny_ip_negative,
+)
 from engine.expansion import EXPANSION_FOLDER
+from engine.image_prompts import (
+    CLIP_VISION_FILE,
+    CLIP_VISION_FOLDER,
+    CONTROL_LORA_FILES,
+    CONTROLNET_FOLDER,
+    IP_ADAPTER_FILES,
+    IP_NEGATIVE_FILE,
+)
 from engine.inpaint_model import INPAINT_FOLDER, INPAINT_HEAD_FILE, INPAINT_PATCH_FILES
 from engine.loader import SIDECAR_SUFFIX
 from engine.lora import LoraTargets
@@ -304,6 +319,15 @@ def create_demo_models(models_dir: Path, *, overwrite: bool = False) -> list[Pat
             f"inpaint_{version}": models_dir / INPAINT_FOLDER / name
             for version, name in INPAINT_PATCH_FILES.items()
         },
+        **{
+            f"controlnet_{cn_type}": models_dir / CONTROLNET_FOLDER / name
+            for cn_type, name in {**CONTROL_LORA_FILES, **IP_ADAPTER_FILES}.items()
+        },
+        "ip_negative": models_dir / CONTROLNET_FOLDER / IP_NEGATIVE_FILE,
+        "clip_vision": models_dir / CLIP_VISION_FOLDER / CLIP_VISION_FILE,
+        "clip_vision_config": models_dir
+        / CLIP_VISION_FOLDER
+        / (Path(CLIP_VISION_FILE).stem + SIDECAR_SUFFIX),
     }
     lora_paths = [models_dir / "loras" / name for name in DEMO_LORAS]
     todo = [p for p in (*paths.values(), *lora_paths) if overwrite or not p.exists()]
@@ -332,6 +356,19 @@ def _write(models_dir: Path, paths: dict[str, Path], todo: list[Path]) -> None:
         writers[paths[f"inpaint_{version}"]] = partial(
             write_tiny_inpaint_patch, seed=DEMO_SEED + 20 + index
         )
+    for index, cn_type in enumerate(CONTROL_LORA_FILES):
+        writers[paths[f"controlnet_{cn_type}"]] = partial(
+            write_tiny_control_lora, components=components, seed=DEMO_SEED + 30 + index
+        )
+    for index, cn_type in enumerate(IP_ADAPTER_FILES):
+        writers[paths[f"controlnet_{cn_type}"]] = partial(
+            write_tiny_ip_adapter, components=components, seed=DEMO_SEED + 40 + index
+        )
+    writers[paths["ip_negative"]] = partial(
+        write_tiny_ip_negative, components=components, seed=DEMO_SEED + 50
+    )
+    writers[paths["clip_vision"]] = partial(write_tiny_clip_vision, seed=DEMO_SEED + 51)
+    writers[paths["clip_vision_config"]] = write_tiny_clip_vision_config
     for index, (name, modules) in enumerate(DEMO_LORAS.items()):
         state = _lora_state(components, modules, DEMO_SEED + 10 + index)
         writers[models_dir / "loras" / name] = _saver(state)

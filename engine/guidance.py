@@ -9,7 +9,9 @@ combines them into one denoised latent.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -138,6 +140,27 @@ class GuidanceSettings:
     adm_scaler_end: float = 0.3
 
 
+@dataclass(frozen=True)
+class UNetCall:
+    """One batched UNet call as an add-on sees it (ControlNets, image-prompt attention).
+
+    ``negative`` says for each batch row whether it is the negative (unconditional) side;
+    ``progress`` is 1 - t/999, what the time-based stops compare against (§14.6).
+    """
+
+    sample: torch.Tensor
+    timestep: torch.Tensor
+    embeds: torch.Tensor
+    pooled: torch.Tensor
+    time_ids: torch.Tensor
+    negative: tuple[bool, ...]
+    progress: float
+
+
+UNetAddOn = Callable[[UNetCall], dict[str, Any]]
+"""Called before each UNet forward; returns extra keyword arguments for it (may be empty)."""
+
+
 class FooocusDenoiser:
     """``denoiser(x, sigma) -> denoised`` around a diffusers SDXL UNet.
 
@@ -155,8 +178,10 @@ class FooocusDenoiser:
         negative: TextConditioning | None,
         positive_adm: AdmTimeIds,
         negative_adm: AdmTimeIds,
+        add_ons: Sequence[UNetAddOn] = (),
     ) -> None:
         self.unet = unet
+        self.add_ons = tuple(add_ons)
         self.schedule = schedule
         self.settings = settings
         self.use_cfg = not math.isclose(settings.guidance_scale, 1.0)
@@ -229,11 +254,25 @@ class FooocusDenoiser:
         time_ids = torch.tensor([list(ids) for _, ids in sides], device=device, dtype=dtype)
         scaled = (x / math.sqrt(sigma**2 + 1.0)).repeat(count, 1, 1, 1).to(dtype)
         t = torch.full((count,), float(timestep), device=device, dtype=torch.float32)
+        extra: dict[str, Any] = {}
+        if self.add_ons:
+            call = UNetCall(
+                scaled,
+                t,
+                embeds,
+                pooled,
+                time_ids,
+                tuple(cond is self.negative for cond, _ in sides),
+                1.0 - timestep / 999.0,
+            )
+            for add_on in self.add_ons:
+                extra.update(add_on(call))
         self.unet_calls += 1
         eps = self.unet(
             scaled,
             t,
             encoder_hidden_states=embeds,
             added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids},
+            **extra,
         ).sample.float()
         return list(eps.chunk(count))

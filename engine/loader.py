@@ -73,7 +73,7 @@ def sidecar_config_dir(path: Path) -> Path | None:
     return candidate if candidate.is_dir() else None
 
 
-def _fill(
+def fill_module(
     module: torch.nn.Module,
     fetch: Callable[[str], torch.Tensor],
     dtype: torch.dtype,
@@ -150,7 +150,7 @@ def load_vae_weights(
             return _get(source, name)
         return _get(source, prefix + keys.vae_name_to_ldm(name, config))
 
-    _fill(vae, fetch, dtype, what)
+    fill_module(vae, fetch, dtype, what)
     return vae
 
 
@@ -179,14 +179,14 @@ def load_single_file(
             unet = UNet2DConditionModel.from_config(unet_config)
             text_encoder = CLIPTextModel(te1_config)
             text_encoder_2 = CLIPTextModelWithProjection(te2_config)
-        _fill(
+        fill_module(
             unet,
             lambda n: _get(source, keys.UNET_PREFIX + keys.unet_name_to_sgm(n, unet_config)),
             dtype,
             what,
         )
-        _fill(text_encoder, lambda n: _get(source, keys.clip_l_name(n)), dtype, what)
-        _fill(text_encoder_2, _clip_g_fetch(source, te2_config.hidden_size), dtype, what)
+        fill_module(text_encoder, lambda n: _get(source, keys.clip_l_name(n)), dtype, what)
+        fill_module(text_encoder_2, _clip_g_fetch(source, te2_config.hidden_size), dtype, what)
         vae = load_vae_weights(source, vae_config, vae_dtype, what)
     tokenizer, tokenizer_2 = load_tokenizers(config_dir)
     return SDXLComponents(

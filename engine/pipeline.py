@@ -19,6 +19,8 @@ import torch
 from engine.components import SDXLComponents
 from engine.config import EngineConfig
 from engine.expansion import EXPANSION_FILES, EXPANSION_FOLDER, PromptExpansion
+from engine.image_prompts import FIELD as IMAGE_PROMPT_FIELD
+from engine.image_prompts import ImagePromptModels, required_files, resolve_slots
 from engine.inpaint import prepare_mask
 from engine.inpaint_model import INPAINT_FOLDER, INPAINT_HEAD_FILE, INPAINT_PATCH_FILES
 from engine.metadata import FileHasher
@@ -102,6 +104,8 @@ class Engine:
         self._expansion: PromptExpansion | None = None
         self._safety: SafetyFilter | None = None
         self._upscaler: Upscaler | None = None
+        self._image_prompt_models: ImagePromptModels | None = None
+        self._image_prompt_message: Message | None = None
 
     def styles(self) -> list[str]:
         """Every selectable style name (with the 'Fooocus V2' and 'Random Style' pseudo-styles)."""
@@ -134,6 +138,7 @@ class Engine:
         self._check_unsupported(request, plan)
         self._check_image_inputs(request)
         self._check_inpaint(request)
+        self._check_image_prompts(request)
         self._check_file("checkpoints", request.base_model_name, "base_model_name")
         if plan.refiner != NO_MODEL:
             self._check_file("checkpoints", plan.refiner, "refiner_model_name")
@@ -167,7 +172,6 @@ class Engine:
                 "debugging_inpaint_preprocessor",
                 "the inpaint preprocessor preview is not supported yet",
             ),
-            (bool(request.image_prompts), "image_prompts", "image prompts are not supported yet"),
             (
                 "embedding:" in request.prompt,
                 "prompt",
@@ -236,6 +240,16 @@ class Engine:
             name = INPAINT_PATCH_FILES[request.inpaint_engine]
             self._check_file(INPAINT_FOLDER, name, "inpaint_engine", listed=False)
 
+    def _check_image_prompts(self, request: EngineRequest) -> None:
+        """Image-prompt slots: known types, non-empty images, their model files available."""
+        for slot in resolve_slots(request):
+            if slot.image.width < 1 or slot.image.height < 1:
+                raise EngineInputError(IMAGE_PROMPT_FIELD, f"the {slot.cn_type} image is empty")
+        if request.debugging_cn_preprocessor:
+            return  # the maps need no model
+        for folder, name in required_files(request):
+            self._check_file(folder, name, IMAGE_PROMPT_FIELD, listed=False)
+
     def _check_file(self, folder: str, name: str, field: str, *, listed: bool = True) -> None:
         """Available: downloadable, or in the folder's listing (``listed``) or on disk."""
         if f"{folder}/{name}" in self.config.downloads:
@@ -272,6 +286,18 @@ class Engine:
             except UpscalerFormatError as exc:
                 raise EngineInputError("uov_method", str(exc)) from exc
         return self._upscaler
+
+    def image_prompt_models(self, on_message: Message | None = None) -> ImagePromptModels:
+        """The image-prompt models (CLIP vision, IP-Adapters), each loaded on first use."""
+        self._image_prompt_message = on_message  # the current task's, for download messages
+        if self._image_prompt_models is None:
+            manager = self.manager
+            self._image_prompt_models = ImagePromptModels(
+                lambda folder, name: manager.require(folder, name, self._image_prompt_message),
+                self.device,
+                self.dtype,
+            )
+        return self._image_prompt_models
 
     def generate(
         self,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,7 +19,8 @@ from PIL import Image
 
 from engine.components import SDXLComponents
 from engine.freeu import freeu
-from engine.guidance import AdmTimeIds, FooocusDenoiser, TextConditioning
+from engine.guidance import AdmTimeIds, FooocusDenoiser, TextConditioning, UNetAddOn
+from engine.image_prompts import ImagePromptAddOns, build_add_ons, preprocessed_maps
 from engine.imaging import crop_to_multiple, decode_latent, encode_image
 from engine.inpaint import InpaintInput, inpaint_prompt, paste_back, prepare_inpaint
 from engine.inpaint_model import (
@@ -140,6 +141,7 @@ class RequestRun:
         self.patch: InpaintPatch | None = None
         self.head_active = [False]
         self.head: torch.Tensor | None = None
+        self.add_ons = ImagePromptAddOns(None, None)
 
     def report(self, progress: int, message: str, preview: Image.Image | None = None) -> None:
         self.progress = max(self.progress, progress)
@@ -181,15 +183,26 @@ class RequestRun:
             prepared = self._prepare_uov(components)
             if prepared.denoise is None:
                 return self._direct_result(prepared)
+        if request.image_prompts:
+            if request.debugging_cn_preprocessor:
+                return self._preprocessor_result()
+            self.report(LOADING_PROGRESS, "Loading image prompts ...")
+            self.add_ons = build_add_ons(
+                self.engine.image_prompt_models(self._message),
+                self.request,
+                components.unet,
+                self.request.width,
+                self.request.height,
+            )
         # Loading stays outside inference mode: the manager keeps and patches weights across
         # tasks, and tensors created in inference mode could not be updated in place later.
         try:
-            hook = (
-                nullcontext()
-                if self.head is None
-                else head_hook(components.unet, self.head, self.head_active)
-            )
-            with hook, torch.inference_mode():
+            with ExitStack() as stack:
+                if self.head is not None:
+                    stack.enter_context(head_hook(components.unet, self.head, self.head_active))
+                if self.add_ons.prompts is not None:
+                    stack.enter_context(self.add_ons.prompts.installed(components.unet))
+                stack.enter_context(torch.inference_mode())
                 return self._generate_images(components, refiner, expand)
         finally:
             if self.patch is not None:
@@ -250,6 +263,16 @@ class RequestRun:
                 prepared.steps, request.refiner_switch, request.overwrite_switch
             )
         return prepared
+
+    def _preprocessor_result(self) -> EngineResult:
+        """``debugging_cn_preprocessor``: the preprocessed image-prompt maps are the answer."""
+        request = self.request
+        maps = preprocessed_maps(request, request.width, request.height)
+        for index, image in enumerate(maps):
+            generated = GeneratedImage(index, image, request.seed, {})
+            self.images.append(generated)
+            self.emit(EngineEvent("image", LAST_PROGRESS, "Preprocessor result", image=generated))
+        return EngineResult(tuple(self.images))
 
     def _direct_result(self, prepared: UovInput) -> EngineResult:
         """Fast 2x, or an upscale too large to diffuse: the super-resolved image is the answer."""
@@ -327,6 +350,7 @@ class RequestRun:
         unet_of: SDXLComponents,
         schedule: NoiseSchedule,
         conds: tuple[TextConditioning, TextConditioning | None],
+        add_ons: tuple[UNetAddOn, ...] = (),
     ) -> FooocusDenoiser:
         request, plan = self.request, self.plan
         return FooocusDenoiser(
@@ -337,6 +361,7 @@ class RequestRun:
             conds[1],
             AdmTimeIds.for_size(request.height, request.width, plan.adm_positive),
             AdmTimeIds.for_size(request.height, request.width, plan.adm_negative),
+            add_ons,
         )
 
     def _sample(
@@ -352,7 +377,9 @@ class RequestRun:
         request, plan = self.request, self.plan
         components, refiner = models
         steps = len(sigmas) - 1
-        base = self._denoiser(components, schedule, conds)
+        # Image prompts act on the base model only, never on the refiner (§14.13).
+        add_ons = tuple(a for a in (self.add_ons.controls, self.add_ons.prompts) if a is not None)
+        base = self._denoiser(components, schedule, conds, add_ons)
         second = self._denoiser(refiner, schedule, conds) if refiner is not None else None
         switch = self.switch if second is not None else steps
         use_freeu = request.freeu_enabled

@@ -79,3 +79,15 @@ def test_inpaint_request_keeps_unmasked_pixels(server: LiveServer) -> None:
     assert out.size == (64, 64)
     assert out.convert("RGB").getpixel((0, 0)) == original.convert("RGB").getpixel((0, 0))
     assert "/inputs/" in task["req_params"]["inpaint_input_image"]
+
+
+def test_pyracanny_image_prompt_request_finishes(server: LiveServer) -> None:
+    data = png_bytes((64, 64))
+    slot = {"cn_img": base64.b64encode(data).decode(), "cn_type": "PyraCanny"}
+    response = generate(server, {**LIGHTNING, "controlnet_image": [slot]})
+    assert response.status_code == 200, response.text
+    task = response.json()
+    assert task["task_status"] == "finished"
+    image = Image.open(io.BytesIO(requests.get(task["result"][0], timeout=10).content))
+    assert image.size == (64, 64)
+    assert "/inputs/" in task["req_params"]["controlnet_image"][0]["cn_img"]

@@ -48,7 +48,15 @@ def test_list_files(model_manager: ModelManager) -> None:
     ]
     assert model_manager.list_files("vae") == [DEMO_VAE]
     assert model_manager.list_files("upscale_models") == ["fooocus_upscaler_s409985e5.bin"]
-    assert model_manager.list_files("controlnet") == []
+    assert model_manager.list_files("controlnet") == [
+        "control-lora-canny-rank128.safetensors",
+        "fooocus_ip_negative.safetensors",
+        "fooocus_xl_cpds_128.safetensors",
+        "ip-adapter-plus-face_sdxl_vit-h.bin",
+        "ip-adapter-plus_sdxl_vit-h.bin",
+    ]
+    assert model_manager.list_files("inpaint") != []
+    assert model_manager.list_files("embeddings") == []
     with pytest.raises(ValueError, match="unknown model folder"):
         model_manager.list_files("nope")
 

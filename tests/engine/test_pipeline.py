@@ -278,7 +278,11 @@ def test_performance_steps(engine: Engine, performance: str, steps: int) -> None
             "debugging_inpaint_preprocessor",
             True,
         ),
-        ({"image_prompts": (ImagePromptSpec(Image.new("RGB", (8, 8))),)}, "image_prompts", True),
+        (
+            {"image_prompts": (ImagePromptSpec(Image.new("RGB", (8, 8)), "PyraCanny"),)},
+            "controlnet_image",
+            False,
+        ),  # the fake manager has no ControlNet file
         ({"black_out_nsfw": True}, "black_out_nsfw", False),  # no checker file
         ({"prompt": "a cat, embedding:foo"}, "prompt", True),
         ({"negative_prompt": "embedding:bad"}, "negative_prompt", True),
