@@ -3,6 +3,10 @@
 It is started explicitly (by ``serve`` or ``runworker``), never on import. Wake-ups come through
 the channel layer (:class:`EngineChannelConsumer`), and the queue is also re-checked on a timer, so
 a lost message only delays a task by a few seconds.
+
+Beside it a :class:`~generation.heartbeat.Heartbeat` thread reports the worker alive and takes
+back the tasks of dead workers. Every write a worker makes to its task is fenced on "still running
+on me", so a worker that was given up on can never duplicate another's images.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from engine.types import (
     StopAction,
 )
 from generation import events
+from generation.heartbeat import Heartbeat
 from generation.params import engine_request_from_params
-from generation.webhooks import WebhookSender
+from generation.webhooks import webhook_sender
 from history import services
 from history.models import Task, TaskStatus
 
@@ -48,9 +53,12 @@ class _TaskRun:
     def __init__(self, task: Task, publisher: events.EventPublisher) -> None:
         self.task = task
         self.publisher = publisher
-        self.done_before = len(task.result)
+        # Images a previous run of this task already recorded (the grid image has seed -1).
+        self.done_before = sum(1 for seed in task.seeds if seed != -1)
         self.total = int(task.req_params.get("image_number", 1))
         self.shutdown = False
+        # Set when the heartbeat finds that the task was taken back from this worker.
+        self.lost = False
 
     def publish(self, progress: int, message: str, preview: str | None = None) -> None:
         self.publisher.publish(
@@ -80,11 +88,14 @@ class EngineWorker:
         self._engine: Any = None
         self.publisher = publisher
         self.poll_seconds = poll_seconds or settings.FOOOCUS_WORKER_POLL_SECONDS
-        self.webhooks = WebhookSender()
+        self.webhooks = webhook_sender()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.current: _TaskRun | None = None
+        # Sampling steps run since start (the heartbeat reports them for /metrics).
+        self.steps_total = 0
+        self.heartbeat = Heartbeat(self)
 
     # Lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -115,7 +126,14 @@ class EngineWorker:
 
             torch.set_num_threads(settings.FOOOCUS_TORCH_THREADS)
         close_old_connections()
-        services.task_requeue_orphans()
+        self.heartbeat.start()
+        try:
+            self._serve()
+        finally:
+            self.heartbeat.stop()
+            close_old_connections()
+
+    def _serve(self) -> None:
         while not self._stopping.is_set():
             try:
                 task = services.task_claim_next(worker=self.name)
@@ -137,6 +155,8 @@ class EngineWorker:
         close_old_connections()
 
     def _should_stop(self, run: _TaskRun) -> StopAction | None:
+        if run.lost:
+            return "stop"
         if self._stopping.is_set():
             run.shutdown = True
             return "stop"
@@ -147,19 +167,30 @@ class EngineWorker:
         run = _TaskRun(task, self.publisher)
         self.current = run
         logger.info("task %s started on %s", task.task_id, self.name)
+        self.webhooks.send(task, "started")
         run.publish(1, "Loading models ...")
         status, error = TaskStatus.FINISHED, ""
         try:
-            request = engine_request_from_params(task.req_params, skip_images=run.done_before)
-            result = self.engine.generate(
-                request,
-                on_event=lambda event: self._on_event(run, event),
-                should_stop=lambda: self._should_stop(run),
-            )
-            if result.stopped:
+            # A previous run may have recorded every image and died before ending the task.
+            stopped = False
+            if run.done_before < run.total:
+                request = engine_request_from_params(task.req_params, skip_images=run.done_before)
+                result = self.engine.generate(
+                    request,
+                    on_event=lambda event: self._on_event(run, event),
+                    should_stop=lambda: self._should_stop(run),
+                )
+                stopped = result.stopped
+            if stopped:
                 status = TaskStatus.STOP
-            elif task.req_params.get("generate_image_grid") and len(task.result) > 1:
+            elif (
+                task.req_params.get("generate_image_grid")
+                and len(task.result) > 1
+                and -1 not in task.seeds
+            ):
                 self._save_grid(run)
+        except services.TaskLostError:
+            run.lost = True
         except (EngineInputError, ModelFileMissingError, EngineError) as exc:
             status, error = TaskStatus.FAILED, str(exc)
         except Exception as exc:
@@ -167,16 +198,41 @@ class EngineWorker:
             status, error = TaskStatus.FAILED, _describe_crash(exc)
         finally:
             self.current = None
-        if run.shutdown:
-            services.task_requeue_orphans(worker_prefix=self.name)
-            logger.info("task %s returned to the queue (worker shutting down)", task.task_id)
+        if run.lost:
+            logger.warning(
+                "task %s was taken back from %s; dropping this run", task.task_id, self.name
+            )
             return
-        task = services.task_finish(task=task, status=status, error=error)
+        if run.shutdown and status == TaskStatus.STOP:
+            if services.task_release(task=task, worker=self.name):
+                logger.info("task %s returned to the queue (worker shutting down)", task.task_id)
+                self.publisher.publish(
+                    events.stream_event(
+                        task_id=task.task_id,
+                        status=TaskStatus.PENDING,
+                        progress=0,
+                        message="Back in the queue (worker shutting down) ...",
+                    )
+                )
+            return
+        try:
+            task = services.task_finish(task=task, status=status, error=error, worker=self.name)
+        except services.TaskLostError:
+            logger.warning(
+                "task %s was taken back from %s before it ended", task.task_id, self.name
+            )
+            return
+        self.announce_end(task)
+        logger.info("task %s ended: %s %s", task.task_id, status, task.error)
+
+    def announce_end(self, task: Task) -> None:
+        """The final stream event and the webhook of a task that just ended."""
+        status = task.status
         message = {
-            TaskStatus.FINISHED: "Finished",
-            TaskStatus.STOP: "Stopped",
-            TaskStatus.FAILED: f"Failed: {error}",
-        }[status]
+            TaskStatus.FINISHED.value: "Finished",
+            TaskStatus.STOP.value: "Stopped",
+            TaskStatus.FAILED.value: f"Failed: {task.error}",
+        }.get(status, status)
         self.publisher.publish(
             events.stream_event(
                 task_id=task.task_id,
@@ -187,15 +243,18 @@ class EngineWorker:
             ),
             ended=True,
         )
-        self.webhooks.send(task)
-        logger.info("task %s ended: %s %s", task.task_id, status, error)
+        self.webhooks.send(task, task.status)
 
     def _on_event(self, run: _TaskRun, event: EngineEvent) -> None:
         if event.kind == "image" and event.image is not None:
             self._save_image(run, event)
             return
+        # The engine reports each sampling step with this message; /metrics derives the step rate.
+        if event.message.startswith("Sampling step"):
+            self.steps_total += 1
         preview = events.preview_data_url(event.preview) if event.preview is not None else None
         run.publish(event.progress, event.message, preview)
+        self.webhooks.send(run.task, "progress")
 
     def _save_image(self, run: _TaskRun, event: EngineEvent) -> None:
         from engine.metadata import encode_image
@@ -214,7 +273,7 @@ class EngineWorker:
             params["metadata_scheme"],
         )
         relative = _write_output(data, params, number - 1)
-        services.task_add_image(task=run.task, relative_path=relative, seed=event.image.seed)
+        _record_image(run, relative, event.image.seed, self.name)
 
     def _save_grid(self, run: _TaskRun) -> None:
         images = []
@@ -225,7 +284,20 @@ class EngineWorker:
         buffer = io.BytesIO()
         grid.save(buffer, format="PNG" if run.task.req_params["output_format"] == "png" else "JPEG")
         relative = _write_output(buffer.getvalue(), run.task.req_params, len(images))
-        services.task_add_image(task=run.task, relative_path=relative, seed=-1)
+        _record_image(run, relative, -1, self.name)
+
+
+def _record_image(run: _TaskRun, relative: str, seed: int, worker: str) -> None:
+    """Record a written image on the task; if the task was taken from us, the file is orphaned
+    (another worker makes this image again), so it is deleted."""
+    from history.files import output_files_delete
+
+    try:
+        services.task_add_image(task=run.task, relative_path=relative, seed=seed, worker=worker)
+    except services.TaskLostError:
+        output_files_delete([relative])
+        run.lost = True
+        raise
 
 
 def _write_output(data: bytes, params: dict[str, Any], index: int) -> str:

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import DateTimeField, ExpressionWrapper, F, Q
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from history.files import output_files_delete
-from history.models import ENDED_STATUSES, Task, TaskStatus, WebhookDelivery
+from history.models import ENDED_STATUSES, Task, TaskStatus, WebhookDelivery, WorkerHeartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,32 @@ class QueueFullError(Exception):
         self.limit = limit
 
 
+class KeyQueueFullError(QueueFullError):
+    """This API key already has as many waiting tasks as it may."""
+
+    def __init__(self, limit: int) -> None:
+        Exception.__init__(self, f"this API key already has {limit} waiting tasks")
+        self.limit = limit
+
+
+class TaskLostError(Exception):
+    """The worker no longer holds the task: its heartbeat lapsed and the task went back to the
+    queue (or ended). Whatever it was about to record would duplicate another worker's work."""
+
+
+# Any constant works; it only has to be the same in every process that enqueues.
+_QUEUE_LOCK_KEY = 0x466F6F6F
+
+
+def _lock_queue() -> None:
+    """Serialise enqueues across processes so that "count the waiting tasks, then insert" is
+    one step: under PostgreSQL's READ COMMITTED two web processes could otherwise both see 99 and
+    both insert. SQLite's IMMEDIATE transactions already hold the database's write lock."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_QUEUE_LOCK_KEY])
+
+
 def task_create(
     *,
     req_params: dict[str, Any],
@@ -34,6 +61,8 @@ def task_create(
     base_url: str,
     queue_limit: int,
     task_id: str | None = None,
+    api_key: str = "",
+    key_queue_limit: int = 0,
     on_commit: Callable[[Task], None] | None = None,
 ) -> Task:
     """Queue a new task. Refuses with :class:`QueueFullError` when ``queue_limit`` tasks wait.
@@ -41,15 +70,22 @@ def task_create(
     ``on_commit`` runs once the row is committed, so a worker woken by it always finds the row.
     """
     with transaction.atomic():
+        _lock_queue()
         waiting = Task.objects.filter(status=TaskStatus.PENDING).count()
         if waiting >= queue_limit:
             raise QueueFullError(queue_limit)
+        if key_queue_limit and (
+            Task.objects.filter(status=TaskStatus.PENDING, api_key=api_key).count()
+            >= key_queue_limit
+        ):
+            raise KeyQueueFullError(key_queue_limit)
         task = Task.objects.create(
             task_id=task_id or uuid.uuid4().hex,
             status=TaskStatus.PENDING,
             req_params=req_params,
             webhook_url=webhook_url,
             base_url=base_url,
+            api_key=api_key,
             created_at=timezone.now(),
         )
         if on_commit is not None:
@@ -83,27 +119,56 @@ def task_claim_next(*, worker: str) -> Task | None:
     return None
 
 
-def task_add_image(*, task: Task, relative_path: str, seed: int) -> None:
-    """Record one finished image at once, so a crash later in the task cannot lose it."""
+def _held(task: Task, worker: str | None) -> Any:
+    rows = Task.objects.filter(pk=task.pk)
+    if worker is not None:
+        rows = rows.filter(status=TaskStatus.RUNNING, worker=worker)
+    return rows
+
+
+def task_add_image(*, task: Task, relative_path: str, seed: int, worker: str | None = None) -> None:
+    """Record one finished image at once, so a crash later in the task cannot lose it.
+
+    With ``worker``, the row must still be running on that worker, else :class:`TaskLostError`:
+    a worker whose lease lapsed must not add images to a task another worker now runs.
+    """
     with transaction.atomic():
-        row = Task.objects.select_for_update().get(pk=task.pk)
+        row = _held(task, worker).select_for_update().first()
+        if row is None:
+            raise TaskLostError(task.task_id)
         row.result = [*row.result, relative_path]
         row.seeds = [*row.seeds, seed]
         row.save(update_fields=["result", "seeds"])
     task.result, task.seeds = row.result, row.seeds
 
 
-def task_finish(*, task: Task, status: str, error: str = "") -> Task:
-    """End a running task with ``finished``, ``failed`` or ``stop`` and its error text."""
+def task_finish(*, task: Task, status: str, error: str = "", worker: str | None = None) -> Task:
+    """End a running task with ``finished``, ``failed`` or ``stop`` and its error text.
+
+    With ``worker``, only while that worker still holds the task (else :class:`TaskLostError`).
+    """
     if status not in (TaskStatus.FINISHED, TaskStatus.FAILED, TaskStatus.STOP):
         raise ValueError(f"not an ending status for a running task: {status}")
     now = timezone.now()
     fields: dict[str, Any] = {"status": status, "finished_at": now, "error": error}
     if status == TaskStatus.FINISHED:
         fields["progress"] = 100
-    Task.objects.filter(pk=task.pk).update(**fields)
+    if not _held(task, worker).update(**fields):
+        raise TaskLostError(task.task_id)
     task.refresh_from_db()
     return task
+
+
+def task_release(*, task: Task, worker: str) -> bool:
+    """Give a running task back to the queue because its worker is shutting down cleanly.
+
+    A clean shutdown is no fault of the task, so the attempt it used is given back. Images
+    already recorded stay; the next run makes only the rest. False if the worker no longer held it.
+    """
+    released = Task.objects.filter(
+        pk=task.pk, status=TaskStatus.RUNNING, worker=worker, attempts__gt=0
+    ).update(status=TaskStatus.PENDING, started_at=None, worker="", attempts=F("attempts") - 1)
+    return bool(released)
 
 
 @dataclass(frozen=True)
@@ -180,6 +245,91 @@ def task_requeue_orphans(*, worker_prefix: str = "", max_attempts: int = 3) -> i
     if requeued or failed:
         logger.warning("re-queued %d and failed %d orphaned running tasks", requeued, failed)
     return requeued
+
+
+@dataclass(frozen=True)
+class RequeueOutcome:
+    """What a sweep did: task ids put back in the queue, and the tasks failed past the limit."""
+
+    requeued: list[str]
+    failed: list[Task]
+
+
+def _lease_cutoff(lease_seconds: float) -> ExpressionWrapper:
+    # The database's clock, not this machine's: workers on other machines may drift.
+    return ExpressionWrapper(Now() - timedelta(seconds=lease_seconds), output_field=DateTimeField())
+
+
+def task_requeue_lapsed(
+    *, lease_seconds: float, max_attempts: int, dead_workers: Iterable[str] = ()
+) -> RequeueOutcome:
+    """Take back the tasks of workers that stopped beating, and of ``dead_workers``.
+
+    A task is re-queued with the images it already has (the next run makes only the rest), or
+    failed with the reason once it has been tried ``max_attempts`` times. Each row changes with
+    a compare-and-set on its (status, worker), so workers sweeping at once never both act on it.
+    """
+    live = (
+        WorkerHeartbeat.objects.filter(beat_at__gte=_lease_cutoff(lease_seconds))
+        .exclude(name__in=list(dead_workers))
+        .values("name")
+    )
+    orphans = Task.objects.filter(status=TaskStatus.RUNNING).exclude(worker__in=live)
+    outcome = RequeueOutcome(requeued=[], failed=[])
+    now = timezone.now()
+    for pk, task_id, worker, attempts in orphans.values_list("pk", "task_id", "worker", "attempts"):
+        row = Task.objects.filter(pk=pk, status=TaskStatus.RUNNING, worker=worker)
+        if attempts >= max_attempts:
+            error = (
+                f"the worker running this task stopped answering ({worker or 'unknown'}); "
+                f"tried {attempts} times, giving up"
+            )
+            if row.update(status=TaskStatus.FAILED, finished_at=now, error=error):
+                outcome.failed.append(Task.objects.get(pk=pk))
+        elif row.update(status=TaskStatus.PENDING, started_at=None, worker=""):
+            outcome.requeued.append(task_id)
+    if outcome.requeued or outcome.failed:
+        logger.warning(
+            "took back tasks of dead workers: re-queued %s, failed %s",
+            outcome.requeued,
+            [task.task_id for task in outcome.failed],
+        )
+    return outcome
+
+
+def worker_beat(
+    *,
+    name: str,
+    hostname: str,
+    pid: int,
+    device: str,
+    current_task_id: str = "",
+    steps_total: int = 0,
+    step_rate: float = 0.0,
+) -> None:
+    """Record that worker ``name`` is alive (registering it on its first beat)."""
+    fields: dict[str, Any] = {
+        "beat_at": Now(),
+        "current_task_id": current_task_id,
+        "steps_total": steps_total,
+        "step_rate": step_rate,
+    }
+    if not WorkerHeartbeat.objects.filter(name=name).update(**fields):
+        WorkerHeartbeat.objects.create(
+            name=name, hostname=hostname, pid=pid, device=device, started_at=Now(), **fields
+        )
+
+
+def worker_forget(*, name: str) -> None:
+    """Remove a worker that shut down cleanly, so it no longer counts as live."""
+    WorkerHeartbeat.objects.filter(name=name).delete()
+
+
+def worker_prune(*, older_than_seconds: float) -> int:
+    """Delete heartbeat rows of workers long gone (kept a while so /metrics shows them lapse)."""
+    stale = WorkerHeartbeat.objects.filter(~Q(beat_at__gte=_lease_cutoff(older_than_seconds)))
+    deleted, _ = stale.delete()
+    return deleted
 
 
 def webhook_delivery_record(

@@ -1,0 +1,134 @@
+"""The worker's heartbeat: a thread that records in the database that the worker is alive, and
+takes back the tasks of workers that are not (SIGKILL, a lost machine).
+
+``beat_at`` is written with the database's clock; a worker silent for
+``FOOOCUS_WORKER_LEASE_SECONDS`` is dead, and whichever worker sweeps first re-queues its task.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+from django.db import close_old_connections
+
+from history import selectors, services
+
+if TYPE_CHECKING:
+    from generation.worker import EngineWorker
+
+logger = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    """Beats for one :class:`~generation.worker.EngineWorker` and sweeps for dead ones."""
+
+    def __init__(self, worker: EngineWorker) -> None:
+        self.worker = worker
+        self.host = _process_host()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._rate_mark = (0.0, 0)
+
+    def start(self) -> None:
+        """First beat, then take back what dead workers left running.
+
+        Workers of this machine whose process is gone (an embedded server restarted at once, a
+        crashed runworker) are dead now: their tasks need not wait for the lease to lapse.
+        """
+        try:
+            self.beat()
+            self.sweep(dead_workers=self.dead_local_workers())
+        except Exception:
+            logger.exception(
+                "could not register worker %s; the heartbeat will retry", self.worker.name
+            )
+        self._thread = threading.Thread(target=self._loop, name="engine-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(settings.FOOOCUS_WORKER_HEARTBEAT_SECONDS):
+            try:
+                self.beat()
+                run = self.worker.current
+                if run is not None and not selectors.task_held_by(
+                    task_id=run.task.task_id, worker=self.worker.name
+                ):
+                    run.lost = True
+                self.sweep()
+            except Exception:
+                logger.warning("heartbeat of %s failed", self.worker.name, exc_info=True)
+            finally:
+                close_old_connections()
+
+    def beat(self) -> None:
+        now, steps = time.monotonic(), self.worker.steps_total
+        then, steps_then = self._rate_mark
+        rate = (steps - steps_then) / (now - then) if then and now > then else 0.0
+        self._rate_mark = (now, steps)
+        run = self.worker.current
+        services.worker_beat(
+            name=self.worker.name,
+            hostname=self.host,
+            pid=os.getpid(),
+            device=settings.FOOOCUS_DEVICE,
+            current_task_id=run.task.task_id if run is not None else "",
+            steps_total=steps,
+            step_rate=round(rate, 3),
+        )
+
+    def dead_local_workers(self) -> list[str]:
+        dead = []
+        for name, pid in selectors.worker_pids_on_host(hostname=self.host):
+            # Our own name on an old row means a previous process that had our pid.
+            if name == self.worker.name or not _pid_alive(pid):
+                dead.append(name)
+        return dead
+
+    def sweep(self, dead_workers: list[str] | None = None) -> None:
+        lease = settings.FOOOCUS_WORKER_LEASE_SECONDS
+        outcome = services.task_requeue_lapsed(
+            lease_seconds=lease,
+            max_attempts=settings.FOOOCUS_TASK_MAX_ATTEMPTS,
+            dead_workers=dead_workers or [],
+        )
+        for task in outcome.failed:
+            self.worker.announce_end(task)
+        if outcome.requeued:
+            self.worker.wake()
+        services.worker_prune(older_than_seconds=lease * 10)
+
+    def stop(self) -> None:
+        """Stop beating and unregister, so the worker no longer counts as live."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        try:
+            services.worker_forget(name=self.worker.name)
+        except Exception:
+            logger.warning("could not unregister worker %s", self.worker.name, exc_info=True)
+
+
+def _process_host() -> str:
+    """This machine's name plus its PID namespace: containers sharing a host name (host
+    networking) have separate PID spaces, and must not judge each other's pids."""
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return f"{socket.gethostname()}/{namespace}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
