@@ -1,19 +1,16 @@
 """One ``Engine.generate`` call: load, then per image prompt → encode → sample → decode → check.
 
-The refiner (§4) takes over after the base model's call at step ``switch``: 'joint' swaps the
-model inside one sampler run (multistep history and noise continue), 'separate' runs the sampler
-twice (base to sigma_switch, then the refiner from there, sharing the noise source).
+The pieces live beside it: :mod:`engine.run_inpaint` (the inpaint engine), :mod:`engine.uov`
+(Vary/Upscale), :mod:`engine.run_sampling` (the refiner swap) and :mod:`engine.run_metadata`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from contextlib import ExitStack, nullcontext
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -22,40 +19,25 @@ from engine.freeu import freeu
 from engine.guidance import AdmTimeIds, FooocusDenoiser, TextConditioning, UNetAddOn
 from engine.image_prompts import ImagePromptAddOns, build_add_ons, preprocessed_maps
 from engine.imaging import crop_to_multiple, decode_latent, encode_image
-from engine.inpaint import InpaintInput, inpaint_prompt, paste_back, prepare_inpaint
-from engine.inpaint_model import (
-    INPAINT_FOLDER,
-    INPAINT_HEAD_FILE,
-    INPAINT_PATCH_FILES,
-    UNPATCHED_FRACTION,
-    BlendingDenoiser,
-    InpaintPatch,
-    head_features,
-    head_hook,
-    latent_mask,
-    load_head,
-    load_patch,
-)
-from engine.metadata import ImageMetadata, LoraRecord
+from engine.inpaint import inpaint_prompt
 from engine.options import NO_MODEL
 from engine.plan import Plan, refiner_switch_step
 from engine.preview import latent_preview
 from engine.prompts import PromptEncoder
+from engine.run_inpaint import InpaintRun
+from engine.run_metadata import image_metadata, model_hashes
+from engine.run_sampling import sample_with_refiner, sampler_sigmas
 from engine.sampling import (
     Denoiser,
     NoiseSchedule,
     StepCallback,
-    build_sigmas,
-    get_sampler,
     image_seed,
     initial_noise,
-    make_noise,
-    sample,
     scale_initial_noise,
     schedule_for,
 )
 from engine.styles import FOOOCUS_V2
-from engine.tasks import Expand, ImageTask, build_image_task
+from engine.tasks import Expand, build_image_task
 from engine.types import (
     EngineEvent,
     EngineRequest,
@@ -66,7 +48,7 @@ from engine.types import (
     StopPoll,
     TaskStopped,
 )
-from engine.uov import UovInput, prepare_uov, tail_sigmas
+from engine.uov import UovInput, direct_metadata, prepare_uov, tail_sigmas
 
 if TYPE_CHECKING:
     from engine.pipeline import Engine
@@ -80,33 +62,6 @@ LATENT_SCALE = 8
 
 class _SkipImage(Exception):
     """The caller asked to skip the image being sampled."""
-
-
-def sampler_sigmas(
-    sampler: str, scheduler_rule: str, steps: int, schedule: NoiseSchedule
-) -> list[float]:
-    """The sigmas a sampler walks: Fooocus gives dpm_2(_ancestral) and uni_pc(_bh2) a schedule of
-    steps + 1 with its second-to-last sigma dropped."""
-    if not get_sampler(sampler).extra_step:
-        return build_sigmas(scheduler_rule, steps, schedule).tolist()
-    longer = build_sigmas(scheduler_rule, steps + 1, schedule).tolist()
-    return [*longer[:-2], longer[-1]]
-
-
-class _SwitchingDenoiser:
-    """Calls the base denoiser until :meth:`switch`, the refiner's afterwards."""
-
-    def __init__(self, base: FooocusDenoiser, refiner: FooocusDenoiser | None) -> None:
-        self.active = base
-        self.refiner = refiner
-        self.schedule = base.schedule
-
-    def switch(self) -> None:
-        if self.refiner is not None:
-            self.active = self.refiner
-
-    def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        return self.active(x, sigma)
 
 
 class RequestRun:
@@ -136,11 +91,7 @@ class RequestRun:
         self.denoise = 1.0
         self.init_latent: torch.Tensor | None = None
         self.tiled_vae = False
-        self.inpaint: InpaintInput | None = None
-        self.blend: tuple[torch.Tensor, torch.Tensor] | None = None  # (fill latent, latent mask)
-        self.patch: InpaintPatch | None = None
-        self.head_active = [False]
-        self.head: torch.Tensor | None = None
+        self.inpaint: InpaintRun | None = None
         self.add_ons = ImagePromptAddOns(None, None)
 
     def report(self, progress: int, message: str, preview: Image.Image | None = None) -> None:
@@ -196,17 +147,13 @@ class RequestRun:
             )
         # Loading stays outside inference mode: the manager keeps and patches weights across
         # tasks, and tensors created in inference mode could not be updated in place later.
-        try:
-            with ExitStack() as stack:
-                if self.head is not None:
-                    stack.enter_context(head_hook(components.unet, self.head, self.head_active))
-                if self.add_ons.prompts is not None:
-                    stack.enter_context(self.add_ons.prompts.installed(components.unet))
-                stack.enter_context(torch.inference_mode())
-                return self._generate_images(components, refiner, expand)
-        finally:
-            if self.patch is not None:
-                self.patch.remove()
+        with ExitStack() as stack:
+            if self.inpaint is not None:
+                stack.enter_context(self.inpaint.installed(components.unet))
+            if self.add_ons.prompts is not None:
+                stack.enter_context(self.add_ons.prompts.installed(components.unet))
+            stack.enter_context(torch.inference_mode())
+            return self._generate_images(components, refiner, expand)
 
     def _super_resolve(self, image: Image.Image) -> Image.Image:
         upscaler = self.engine.upscaler(self._message)
@@ -214,32 +161,15 @@ class RequestRun:
         return upscaler(image)
 
     def _prepare_inpaint(self, components: SDXLComponents) -> None:
-        """Mask, crop and encode the inpaint input; load the inpaint engine's patch and head."""
+        """Prepare the inpaint engine; sample its crop, from its fill unless asked otherwise."""
         request = self.request
-        native = components.native_size
-        prepared = prepare_inpaint(request, native, self._super_resolve)
-        self.inpaint = prepared
-        self.report(LOADING_PROGRESS, "VAE Inpaint encoding ...")
-        mask = torch.from_numpy(prepared.crop_mask.astype("float32") / 255.0)[None, None]
-        crop = np.asarray(prepared.crop).copy()
-        crop[prepared.crop_mask > 127] = 127
-        with torch.inference_mode():
-            fill = encode_image(components, prepared.crop_fill)
-            masked = encode_image(components, Image.fromarray(crop))
-            cells = latent_mask(mask, (fill.shape[2], fill.shape[3]))
-            if request.inpaint_engine != NO_MODEL:
-                path = self.engine.manager.require(INPAINT_FOLDER, INPAINT_HEAD_FILE, self._message)
-                self.head = head_features(load_head(path), cells, masked)
-        self.blend = (fill, cells)
-        self.init_latent = None if request.inpaint_disable_initial_latent else fill
-        self.denoise = prepared.denoise
-        width, height = prepared.crop.size
+        self.inpaint = InpaintRun.prepare(
+            self.engine.manager, request, components, self._super_resolve, self._message
+        )
+        self.init_latent = None if request.inpaint_disable_initial_latent else self.inpaint.fill
+        self.denoise = self.inpaint.input.denoise
+        width, height = self.inpaint.size
         self.request = dataclasses.replace(request, width=width, height=height)
-        if request.inpaint_engine != NO_MODEL:
-            name = INPAINT_PATCH_FILES[request.inpaint_engine]
-            path = self.engine.manager.require(INPAINT_FOLDER, name, self._message)
-            self.report(LOADING_PROGRESS, f"Loading inpaint patch {name} ...")
-            self.patch = InpaintPatch(components.unet, load_patch(path, components.unet))
 
     def _prepare_uov(self, components: SDXLComponents) -> UovInput:
         """Size the Vary/Upscale input, encode it and set the partial-denoise start."""
@@ -268,23 +198,21 @@ class RequestRun:
         """``debugging_cn_preprocessor``: the preprocessed image-prompt maps are the answer."""
         request = self.request
         maps = preprocessed_maps(request, request.width, request.height)
-        for index, image in enumerate(maps):
-            generated = GeneratedImage(index, image, request.seed, {})
-            self.images.append(generated)
-            self.emit(EngineEvent("image", LAST_PROGRESS, "Preprocessor result", image=generated))
-        return EngineResult(tuple(self.images))
+        return self._answer(maps, {}, "Preprocessor result")
 
     def _direct_result(self, prepared: UovInput) -> EngineResult:
         """Fast 2x, or an upscale too large to diffuse: the super-resolved image is the answer."""
-        request = self.request
-        factor = f"{prepared.image.width / request.uov_input_image.width:g}x"  # type: ignore[union-attr]
-        metadata: dict[str, object] = {
-            "upscale_fast": factor,
-            "metadata_text": json.dumps({"upscale_fast": factor}),
-        }
-        generated = GeneratedImage(0, prepared.image, request.seed, metadata)
-        self.images.append(generated)
-        self.emit(EngineEvent("image", LAST_PROGRESS, "Upscale finished", image=generated))
+        metadata = direct_metadata(self.request, prepared)
+        return self._answer([prepared.image], metadata, "Upscale finished")
+
+    def _answer(
+        self, images: list[Image.Image], metadata: dict[str, object], message: str
+    ) -> EngineResult:
+        """Images that are the answer without sampling, each reported as it is added."""
+        for index, image in enumerate(images):
+            generated = GeneratedImage(index, image, self.request.seed, metadata)
+            self.images.append(generated)
+            self.emit(EngineEvent("image", LAST_PROGRESS, message, image=generated))
         return EngineResult(tuple(self.images))
 
     def _generate_images(
@@ -333,11 +261,12 @@ class RequestRun:
                 return EngineResult(tuple(self.images), stopped=True)
             image = decode_latent(components, latent, tiled=self.tiled_vae)
             if self.inpaint is not None:
-                image = paste_back(self.inpaint, image, components.native_size)
+                image = self.inpaint.paste_back(image, components.native_size)
             if request.black_out_nsfw:
                 self.report(self._step_progress(), "Checking for NSFW content ...")
                 image = self.engine.safety_filter(self._message)([image])[0][0]
-            metadata = self._metadata(task, steps)
+            hashes = model_hashes(self.engine.manager, self.engine.hasher, request, plan)
+            metadata = image_metadata(request, plan, task, steps, hashes)
             generated = GeneratedImage(index, image, seed, metadata.to_dict())
             self.images.append(generated)
             self.done_steps = (index + 1) * steps
@@ -381,7 +310,6 @@ class RequestRun:
         add_ons = tuple(a for a in (self.add_ons.controls, self.add_ons.prompts) if a is not None)
         base = self._denoiser(components, schedule, conds, add_ons)
         second = self._denoiser(refiner, schedule, conds) if refiner is not None else None
-        switch = self.switch if second is not None else steps
         use_freeu = request.freeu_enabled
         patch = (
             freeu(
@@ -394,78 +322,25 @@ class RequestRun:
             if use_freeu
             else nullcontext()
         )
-        noise = make_noise(get_sampler(plan.sampler).noise, x, sigmas, seed)
-        callback = self._inpaint_callback(self._step_callback(index, request.image_number, steps))
-        self._start_inpaint_engine()
-        if request.refiner_swap_method == "separate" and second is not None and switch < steps:
-            with patch:
-                x = sample(
-                    plan.sampler,
-                    self._blended(base, seed),
-                    x,
-                    sigmas[: switch + 1],
-                    seed=seed,
-                    callback=callback,
-                    noise=noise,
-                )
-
-            def shifted(step: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
-                callback(step + switch, x, denoised)
-
-            return sample(
-                plan.sampler,
-                self._blended(second, seed),
-                x,
-                sigmas[switch:],
-                seed=seed,
-                callback=shifted,
-                noise=noise,
-            )
-        model = _SwitchingDenoiser(base, second)
-
-        def on_step(step: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
-            if step == switch:
-                model.switch()
-            callback(step, x, denoised)
-
-        # FreeU patches the base UNet only (Fooocus applies it to the base model).
-        with patch:
-            return sample(
-                plan.sampler,
-                self._blended(model, seed),
-                x,
-                sigmas,
-                seed=seed,
-                callback=on_step,
-                noise=noise,
-            )
+        callback = self._step_callback(index, request.image_number, steps)
+        if self.inpaint is not None:
+            callback = self.inpaint.step_callback(callback, self.steps)
+            self.inpaint.start()
+        return sample_with_refiner(
+            plan.sampler,
+            (base, second),
+            x,
+            sigmas,
+            switch=self.switch,
+            separate=request.refiner_swap_method == "separate",
+            seed=seed,
+            callback=callback,
+            base_patch=patch,
+            wrap=lambda model: self._blended(model, seed),
+        )
 
     def _blended(self, model: Denoiser, seed: int) -> Denoiser:
-        if self.blend is None:
-            return model
-        return BlendingDenoiser(model, self.blend[0], self.blend[1], seed)
-
-    def _start_inpaint_engine(self) -> None:
-        """Patch and head on for the start of each image's sampling."""
-        if self.patch is not None:
-            self.patch.apply()
-        self.head_active[0] = self.head is not None
-
-    def _inpaint_callback(self, callback: StepCallback) -> StepCallback:
-        """Take the inpaint patch and head off for the last steps (Fooocus's synthetic refiner)."""
-        if self.patch is None and self.head is None:
-            return callback
-        total = self.steps
-        off_after = max(1, round(total * (1.0 - UNPATCHED_FRACTION)))
-
-        def on_step(step: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
-            if step + 1 == off_after:
-                self.head_active[0] = False
-                if self.patch is not None:
-                    self.patch.remove()
-            callback(step, x, denoised)
-
-        return on_step
+        return model if self.inpaint is None else self.inpaint.blended(model, seed)
 
     def _initial_latent(self, seed: int, first_sigma: float, sigma_max: float) -> torch.Tensor:
         """Seeded CPU float32 noise [1, 4, H/8, W/8] scaled to the first sigma (§2.2)."""
@@ -492,56 +367,3 @@ class RequestRun:
                 raise _SkipImage()
 
         return on_step
-
-    def _hashes(self) -> dict[tuple[str, str], str]:
-        """Short hashes of the model and LoRA files, keyed by (folder, name).
-
-        Computed when the first image is done (hashing a large checkpoint the first time takes
-        seconds; the hasher caches it for later tasks).
-        """
-        manager, hasher = self.engine.manager, self.engine.hasher
-        wanted = [("checkpoints", self.request.base_model_name)]
-        if self.plan.refiner != NO_MODEL:
-            wanted.append(("checkpoints", self.plan.refiner))
-        wanted += [("loras", name) for name, _ in self.plan.loras]
-        return {key: hasher.short_hash(manager.require(*key)) for key in wanted}
-
-    def _metadata(self, task: ImageTask, steps: int) -> ImageMetadata:
-        request, plan = self.request, self.plan
-        hashes = self._hashes()
-        freeu_values = (
-            (request.freeu_b1, request.freeu_b2, request.freeu_s1, request.freeu_s2)
-            if request.freeu_enabled
-            else None
-        )
-        return ImageMetadata(
-            prompt=task.log_prompt,
-            negative_prompt=task.log_negative_prompt,
-            full_prompt=task.positive,
-            full_negative_prompt=task.negative,
-            styles=task.styles,
-            performance=request.performance_selection,
-            steps=steps,
-            width=request.width,
-            height=request.height,
-            guidance_scale=plan.guidance.guidance_scale,
-            sharpness=plan.guidance.sharpness,
-            adm_guidance=(plan.adm_positive, plan.adm_negative, plan.guidance.adm_scaler_end),
-            base_model=request.base_model_name,
-            base_model_hash=hashes[("checkpoints", request.base_model_name)],
-            sampler=plan.sampler,
-            scheduler=plan.scheduler,
-            vae=request.vae_name,
-            seed=task.seed,
-            scheme=request.metadata_scheme,
-            refiner_model=plan.refiner,
-            refiner_model_hash=hashes.get(("checkpoints", plan.refiner), ""),
-            refiner_switch=request.refiner_switch,
-            overwrite_switch=request.overwrite_switch,
-            refiner_swap_method=request.refiner_swap_method,
-            adaptive_cfg=plan.guidance.adaptive_cfg,
-            clip_skip=request.clip_skip,
-            freeu=freeu_values,
-            loras=[LoraRecord(n, w, hashes[("loras", n)]) for n, w in plan.loras],
-            expansion=task.expansion,
-        )

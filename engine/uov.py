@@ -9,6 +9,7 @@ never diffuses. Partial denoise is the tail of a longer schedule (:func:`tail_si
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -108,6 +109,13 @@ def prepare_uov(
     if request.overwrite_step <= 0:
         steps = PERFORMANCES[request.performance_selection].steps_uov
     return UovInput(result, denoise, steps, tiled=True)
+
+
+def direct_metadata(request: EngineRequest, prepared: UovInput) -> dict[str, object]:
+    """The metadata of an upscale answered without diffusion: the factor actually applied."""
+    assert request.uov_input_image is not None
+    factor = f"{prepared.image.width / request.uov_input_image.width:g}x"
+    return {"upscale_fast": factor, "metadata_text": json.dumps({"upscale_fast": factor})}
 
 
 def tail_sigmas(full: Callable[[int], list[float]], steps: int, denoise: float) -> list[float]:

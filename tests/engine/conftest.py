@@ -1,15 +1,31 @@
-"""Shared fixtures of the engine tests: the demo model set, written once per test session."""
+"""Shared fixtures of the engine tests: the demo model set (written once per test session), an
+engine on it, and single-threaded torch for the modules that run the tiny models."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from engine import Engine
 from engine.config import EngineConfig
 from engine.demo import create_demo_models
 from engine.models import ModelManager
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op torch thread for a module (``pytestmark = usefixtures("one_torch_thread")``)."""
+    # Tiny models gain nothing from intra-op threads, and on a busy 2-core machine the pool's
+    # barriers make every op wait for a descheduled worker (measured 10-50x slower).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +41,15 @@ def model_manager(demo_models_dir: Path) -> ModelManager:
     """A fresh CPU float32 ModelManager on the demo models (nothing loaded yet)."""
     config = EngineConfig(models_dir=demo_models_dir, styles_dir=demo_models_dir / "styles")
     return ModelManager(config, torch.device("cpu"), torch.float32)
+
+
+@pytest.fixture(scope="module")
+def engine(demo_models_dir: Path) -> Engine:
+    """A CPU Engine on the demo model set and the project's styles, downloads off.
+
+    Modules that test the engine on other models override it with their own ``engine``.
+    """
+    config = EngineConfig(
+        models_dir=demo_models_dir, styles_dir=ROOT / "styles", device="cpu", allow_downloads=False
+    )
+    return Engine(config)

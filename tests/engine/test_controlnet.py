@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from engine import Engine, EngineConfig, EngineRequest
+from engine import Engine, EngineRequest
 from engine.components import build_tiny_sdxl
 from engine.controlnet import (
     ControlNetAddOn,
@@ -27,15 +25,7 @@ from engine.loader import CheckpointFormatError
 from engine.sampling import build_sigmas, sample, schedule_for
 from engine.types import ImagePromptSpec
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def edge_image() -> Image.Image:
@@ -110,14 +100,6 @@ def test_residuals_stop_at_cn_stop_and_reach_both_cfg_sides() -> None:
     assert 0 < len(add_on.applied) == len(expected) < len(sigmas) - 1
     assert all(progress < 0.5 for progress in add_on.applied)
     assert denoiser.unet_calls == len(sigmas) - 1
-
-
-@pytest.fixture(scope="module")
-def engine(demo_models_dir: Path) -> Engine:
-    config = EngineConfig(
-        models_dir=demo_models_dir, styles_dir=ROOT / "styles", device="cpu", allow_downloads=False
-    )
-    return Engine(config)
 
 
 BASE = EngineRequest(

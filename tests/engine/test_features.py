@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,13 +21,7 @@ from engine.loader import SIDECAR_SUFFIX
 from engine.safety import SAFETY_FILE, SAFETY_FOLDER, SafetyFilter
 from tests.engine.test_pipeline import BASE, MODEL, REFINER, ROOT, FakeManager, _pixels
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import Engine, EngineConfig, EngineRequest
+from engine import Engine, EngineRequest
 from engine.components import build_tiny_sdxl
 from engine.demo import DEMO_CHECKPOINT
 from engine.guidance import AdmTimeIds, FooocusDenoiser, GuidanceSettings, TextConditioning
@@ -20,23 +19,7 @@ from engine.ip_adapter import ImagePromptAddOn, IpAdapterModel, PromptTokens, lo
 from engine.sampling import build_sigmas, sample, schedule_for
 from engine.types import ImagePromptSpec
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def engine(demo_models_dir: Path) -> Engine:
-    config = EngineConfig(
-        models_dir=demo_models_dir, styles_dir=ROOT / "styles", device="cpu", allow_downloads=False
-    )
-    return Engine(config)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def picture() -> Image.Image:

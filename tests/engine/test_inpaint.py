@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import Engine, EngineConfig, EngineRequest
+from engine import Engine, EngineRequest
 from engine.demo import DEMO_CHECKPOINT
 from engine.inpaint import feather, outpaint_pads, prepare_mask, region_of_interest
 from engine.inpaint_model import (
@@ -23,23 +22,7 @@ from engine.inpaint_model import (
 )
 from engine.types import EngineInputError
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def engine(demo_models_dir: Path) -> Engine:
-    config = EngineConfig(
-        models_dir=demo_models_dir, styles_dir=ROOT / "styles", device="cpu", allow_downloads=False
-    )
-    return Engine(config)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def picture(width: int = 64, height: int = 64) -> Image.Image:

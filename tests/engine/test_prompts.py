@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
 from engine.components import SDXLComponents, build_tiny_sdxl
 from engine.prompts import PromptEncoder, parse_emphasis, safe_str, split_lines, tokenize_weighted
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    # Tiny models gain nothing from intra-op threads, and on a busy 2-core machine the pool's
-    # barriers make every op wait for a descheduled worker (measured 10-50x slower).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

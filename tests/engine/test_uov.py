@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import Engine, EngineConfig, EngineEvent, EngineRequest
+from engine import Engine, EngineEvent, EngineRequest
 from engine.demo import DEMO_CHECKPOINT
 from engine.imaging import (
     decode_latent,
@@ -23,28 +22,12 @@ from engine.imaging import (
     size_unit,
     tiled_apply,
 )
-from engine.run import sampler_sigmas
+from engine.run_sampling import sampler_sigmas
 from engine.sampling import schedule_for
 from engine.uov import tail_sigmas
 from engine.upscaler import UPSCALER_FILE, UPSCALER_FOLDER, Upscaler, upscale_tiled
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def engine(demo_models_dir: Path) -> Engine:
-    config = EngineConfig(
-        models_dir=demo_models_dir, styles_dir=ROOT / "styles", device="cpu", allow_downloads=False
-    )
-    return Engine(config)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def gradient(width: int, height: int) -> Image.Image:
