@@ -302,8 +302,9 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {
-        "generation": {"handlers": ["console"], "level": "INFO"},
-        "history": {"handlers": ["console"], "level": "INFO"},
-        "engine": {"handlers": ["console"], "level": "INFO"},
+        # Not propagated: the root logger may have a handler too (each line would print twice).
+        "generation": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "history": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "engine": {"handlers": ["console"], "level": "INFO", "propagate": False},
     },
 }

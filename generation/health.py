@@ -17,6 +17,7 @@ from django.db import close_old_connections, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from rest_framework import status
 
+from generation.access import AuthError, authenticate, require_scope
 from history import selectors
 
 logger = logging.getLogger(__name__)
@@ -144,5 +145,13 @@ def metrics_text() -> str:
 
 
 def metrics(request: HttpRequest) -> HttpResponse:
-    """``GET /metrics`` in the Prometheus text exposition format."""
+    """``GET /metrics`` in the Prometheus text exposition format.
+
+    Once API keys are on it needs an ``admin`` key (Prometheus sends it as a bearer token):
+    task counts and worker names are not for everybody."""
+    try:
+        caller = authenticate({k.lower(): v for k, v in request.headers.items()})
+        require_scope(caller, "admin")
+    except AuthError as exc:
+        return JsonResponse({"detail": exc.message}, status=exc.status)
     return HttpResponse(metrics_text(), content_type="text/plain; version=0.0.4; charset=utf-8")

@@ -204,3 +204,15 @@ def test_serve_refuses_a_public_address_without_keys(tmp_path: Path, demo_models
     )
     assert done.returncode != 0
     assert "refusing to serve 0.0.0.0 without API keys" in done.stderr
+
+
+def test_metrics_need_an_admin_key_once_auth_is_on(secured: LiveServer) -> None:
+    assert call(secured, "GET", "/metrics").status_code == 401
+    reader = apikey(secured, "create", "metrics-reader", "--scope", "read")
+    assert call(secured, "GET", "/metrics", reader).status_code == 403
+    scraped = requests.get(
+        f"{secured.url}/metrics", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10
+    )
+    assert scraped.status_code == 200
+    assert "fooocus_queue_depth" in scraped.text
+    assert requests.get(f"{secured.url}/healthz", timeout=10).status_code == 200
