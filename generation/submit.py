@@ -16,6 +16,15 @@ from generation.worker import wake_workers
 from history import services
 from history.models import Task
 
+# The engine names its request's fields; a 422 names the API's field the client sent.
+ENGINE_TO_API_FIELDS = {
+    "inpaint_mask_image": "inpaint_mask_image_upload",
+    "image_prompts": "controlnet_image",
+    "width": "aspect_ratios_selection",
+    "height": "aspect_ratios_selection",
+    "steps": "overwrite_step",
+}
+
 
 def submit_generate(
     data: Any,
@@ -36,7 +45,8 @@ def submit_generate(
     try:
         catalog.check(engine_request_from_params(validated.values, load_images=False))
     except EngineInputError as exc:
-        raise ValidationError({exc.field: [exc.message]}) from exc
+        field = ENGINE_TO_API_FIELDS.get(exc.field, exc.field)
+        raise ValidationError({field: [exc.message]}) from exc
     params = build_req_params(validated)
     webhook_url = params.get("webhook_url") or settings.FOOOCUS_WEBHOOK_URL
     try:
