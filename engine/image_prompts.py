@@ -18,6 +18,7 @@ from diffusers import UNet2DConditionModel
 from PIL import Image
 
 from engine.controlnet import ControlNetAddOn, ControlUnit, load_control_lora
+from engine.face import face_crop
 from engine.imaging import image_to_tensor
 from engine.ip_adapter import (
     ImageEncoder,
@@ -28,7 +29,7 @@ from engine.ip_adapter import (
 )
 from engine.loader import CheckpointFormatError
 from engine.options import CN_TYPE_DEFAULTS
-from engine.preprocessors import clip_input, cpds, face_crop, fit_cover, pyramid_canny
+from engine.preprocessors import clip_input, cpds, fit_cover, pyramid_canny
 from engine.types import EngineInputError, EngineRequest
 
 FIELD = "controlnet_image"

@@ -89,19 +89,6 @@ def cpds(image: Image.Image) -> Image.Image:
     return _gray_rgb(_stretch(values, CPDS_PERCENTILES))
 
 
-def face_crop(image: Image.Image) -> Image.Image:
-    """The face region FaceSwap encodes.
-
-    Fooocus detects the face (RetinaFace) and warps it onto a 512-px template; this engine ships
-    no face detector, so it takes the centred square instead (a portrait's face is usually
-    there). Crop the input to the face for best results.
-    """
-    image = to_rgb(image)
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    return image.crop((left, top, left + side, top + side))
-
-
 def clip_input(image: Image.Image, size: int = CLIP_SIZE) -> Image.Image:
     """Stretch to ``size`` x ``size`` with Lanczos (no aspect-preserving crop, as Fooocus)."""
     return resize(to_rgb(image), size, size)

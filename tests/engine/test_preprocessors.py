@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from engine.face import face_crop
 from engine.image_prompts import preprocess, resolve_slots
-from engine.preprocessors import clip_input, cpds, face_crop, fit_cover, pyramid_canny
+from engine.preprocessors import clip_input, cpds, fit_cover, pyramid_canny
 from engine.types import EngineRequest, ImagePromptSpec
 
 
