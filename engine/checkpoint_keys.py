@@ -21,6 +21,8 @@ UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_L_PREFIX = "conditioner.embedders.0.transformer."
 CLIP_G_PREFIX = "conditioner.embedders.1.model."
+# The official SDXL refiner has only CLIP-G, as its first embedder.
+REFINER_CLIP_G_PREFIX = "conditioner.embedders.0.model."
 
 _UNET_RESNET = {
     "norm1": "in_layers.0",
@@ -224,7 +226,9 @@ def clip_g_name(key: str) -> tuple[str, int | None]:
     return _join(head, _rename_head(rest, _OPEN_CLIP_LAYER)), None
 
 
-def clip_g_to_original(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def clip_g_to_original(
+    state: Mapping[str, torch.Tensor], prefix: str = CLIP_G_PREFIX
+) -> dict[str, torch.Tensor]:
     """A CLIPTextModelWithProjection state dict under open_clip names, with the CLIP-G prefix."""
     out: dict[str, torch.Tensor] = {}
     chunks: dict[str, dict[int, torch.Tensor]] = {}
@@ -241,7 +245,7 @@ def clip_g_to_original(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
         out[name] = torch.cat([parts[0], parts[1], parts[2]], dim=0)
     # Real files carry open_clip's temperature; nothing reads it, but the file should look real.
     out["logit_scale"] = torch.tensor(4.6052)
-    return {CLIP_G_PREFIX + k: v for k, v in out.items()}
+    return {prefix + k: v for k, v in out.items()}
 
 
 def clip_l_name(key: str) -> str:

@@ -11,19 +11,29 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 SDXL_CONFIG_DIR = CONFIG_DIR / "sdxl_base"
+REFINER_CONFIG_DIR = CONFIG_DIR / "sdxl_refiner"
 
 
 @dataclass
 class SDXLComponents:
-    """The modules one SDXL checkpoint provides; ``name`` is its file or folder name."""
+    """The modules one SDXL checkpoint provides; ``name`` is its file or folder name.
+
+    The official SDXL refiner has no CLIP-L (``text_encoder`` is None): its UNet takes CLIP-G
+    tokens only and an aesthetic score in place of the target size (:attr:`clip_g_only`).
+    """
 
     name: str
     unet: UNet2DConditionModel
     vae: AutoencoderKL
-    text_encoder: CLIPTextModel
+    text_encoder: CLIPTextModel | None
     text_encoder_2: CLIPTextModelWithProjection
     tokenizer: CLIPTokenizer
     tokenizer_2: CLIPTokenizer
+
+    @property
+    def clip_g_only(self) -> bool:
+        """True for the official SDXL refiner's design (CLIP-G conditioning, aesthetic ADM)."""
+        return self.text_encoder is None
 
     @property
     def native_size(self) -> int:
@@ -67,6 +77,25 @@ TINY_VAE_CONFIG: dict[str, object] = {
 }
 
 
+# The official SDXL refiner's shape in miniature: four levels, attention on the middle two,
+# CLIP-G-wide cross-attention and five ADM numbers (size, crop, aesthetic score).
+TINY_REFINER_UNET_CONFIG: dict[str, object] = {
+    **TINY_UNET_CONFIG,
+    "down_block_types": (
+        "DownBlock2D",
+        "CrossAttnDownBlock2D",
+        "CrossAttnDownBlock2D",
+        "DownBlock2D",
+    ),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "block_out_channels": (32, 64, 64, 64),
+    "transformer_layers_per_block": 1,
+    "attention_head_dim": (2, 4, 4, 4),
+    "cross_attention_dim": 32,
+    "projection_class_embeddings_input_dim": 32 + 5 * 8,
+}
+
+
 def _tiny_text_config(hidden_act: str) -> CLIPTextConfig:
     return CLIPTextConfig(
         vocab_size=49408,
@@ -98,3 +127,19 @@ def build_tiny_sdxl(seed: int = 0, name: str = "tiny") -> SDXLComponents:
     for module in (unet, vae, text_encoder, text_encoder_2):
         module.eval().requires_grad_(False)
     return SDXLComponents(name, unet, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2)
+
+
+def build_tiny_refiner(seed: int = 1, name: str = "tiny_refiner") -> SDXLComponents:
+    """A random model of the official SDXL refiner's architecture, sized to refine the tiny base.
+
+    Its cross-attention width is the tiny CLIP-G's (32); it has no CLIP-L.
+    """
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**TINY_REFINER_UNET_CONFIG)
+    vae = AutoencoderKL(**TINY_VAE_CONFIG)
+    text_encoder_2 = CLIPTextModelWithProjection(_tiny_text_config("gelu"))
+    tokenizer = CLIPTokenizer.from_pretrained(SDXL_CONFIG_DIR / "tokenizer")
+    tokenizer_2 = CLIPTokenizer.from_pretrained(SDXL_CONFIG_DIR / "tokenizer_2")
+    for module in (unet, vae, text_encoder_2):
+        module.eval().requires_grad_(False)
+    return SDXLComponents(name, unet, vae, None, text_encoder_2, tokenizer, tokenizer_2)

@@ -23,7 +23,13 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import CLIPConfig, GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
 
 from engine import checkpoint_keys as keys
-from engine.components import SDXL_CONFIG_DIR, TINY_VAE_CONFIG, SDXLComponents, build_tiny_sdxl
+from engine.components import (
+    SDXL_CONFIG_DIR,
+    TINY_VAE_CONFIG,
+    SDXLComponents,
+    build_tiny_refiner,
+    build_tiny_sdxl,
+)
 from engine.demo_image_prompts import (
     write_tiny_clip_vision,
     write_tiny_clip_vision_config,
@@ -31,6 +37,7 @@ from engine.demo_image_prompts import (
     write_tiny_ip_adapter,
     write_tiny_ip_negative,
 )
+from engine.embeddings import EMBEDDINGS_FOLDER
 from engine.expansion import EXPANSION_FOLDER
 from engine.image_prompts import (
     CLIP_VISION_FILE,
@@ -49,6 +56,8 @@ from engine.upscaler import UPSCALER_FILE, UPSCALER_FOLDER
 DEMO_CHECKPOINT = "fooocus_demo_tiny.safetensors"
 DEMO_DIFFUSERS = "fooocus_demo_tiny_diffusers"
 DEMO_VAE = "fooocus_demo_tiny_vae.safetensors"
+DEMO_EMBEDDING = "fooocus_demo_embedding.safetensors"
+DEMO_REFINER = "fooocus_demo_tiny_refiner.safetensors"
 DEMO_SEED = 20240501
 
 # Stand-ins for the performance LoRAs and the default preset's offset LoRA. Each targets a few
@@ -135,8 +144,12 @@ def original_state_dict(components: SDXLComponents) -> dict[str, torch.Tensor]:
     state.update(keys.unet_to_original(components.unet.state_dict(), components.unet.config))
     vae = keys.vae_to_original(components.vae.state_dict(), components.vae.config)
     state.update({keys.VAE_PREFIX + k: v for k, v in vae.items()})
-    state.update(keys.clip_l_to_original(components.text_encoder.state_dict()))
-    state.update(keys.clip_g_to_original(components.text_encoder_2.state_dict()))
+    if components.text_encoder is None:  # the official refiner: CLIP-G as embedder 0
+        te2 = components.text_encoder_2.state_dict()
+        state.update(keys.clip_g_to_original(te2, keys.REFINER_CLIP_G_PREFIX))
+    else:
+        state.update(keys.clip_l_to_original(components.text_encoder.state_dict()))
+        state.update(keys.clip_g_to_original(components.text_encoder_2.state_dict()))
     return {k: v.detach().contiguous() for k, v in state.items()}
 
 
@@ -148,7 +161,8 @@ def write_config_folder(components: SDXLComponents, folder: Path) -> None:
         shutil.copytree(SDXL_CONFIG_DIR / part, folder / part, dirs_exist_ok=True)
     components.unet.save_config(folder / "unet")
     components.vae.save_config(folder / "vae")
-    components.text_encoder.config.save_pretrained(folder / "text_encoder")
+    if components.text_encoder is not None:
+        components.text_encoder.config.save_pretrained(folder / "text_encoder")
     components.text_encoder_2.config.save_pretrained(folder / "text_encoder_2")
 
 
@@ -157,6 +171,7 @@ def write_diffusers_folder(components: SDXLComponents, folder: Path) -> None:
     write_config_folder(components, folder)
     components.unet.save_pretrained(folder / "unet")
     components.vae.save_pretrained(folder / "vae")
+    assert components.text_encoder is not None, "the diffusers folder layout needs CLIP-L"
     components.text_encoder.save_pretrained(folder / "text_encoder")
     components.text_encoder_2.save_pretrained(folder / "text_encoder_2")
 
@@ -235,6 +250,19 @@ def write_tiny_expansion(folder: Path, words: tuple[str, ...] = DEMO_EXPANSION_W
     (folder / "positive.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
 
 
+def write_tiny_embedding(
+    path: Path, seed: int, length: int = 2, widths: tuple[int, int] = (32, 32)
+) -> None:
+    """A random SDXL textual-inversion file: ``clip_l`` [length, w_l] and ``clip_g`` [length, w_g]
+    (the demo encoders are 32 wide; the real ones 768 and 1280)."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {
+        key: torch.randn(length, width, generator=generator) * 0.5
+        for key, width in zip(("clip_l", "clip_g"), widths, strict=True)
+    }
+    save_file(state, str(path))
+
+
 def tiny_safety_config() -> CLIPConfig:
     """A CLIP config small enough for a CPU: a 2-layer, 32-wide vision tower on 32-px images."""
     tiny = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
@@ -309,7 +337,11 @@ def create_demo_models(models_dir: Path, *, overwrite: bool = False) -> list[Pat
         "checkpoint": checkpoints / DEMO_CHECKPOINT,
         "sidecar": checkpoints / (stem + ".config"),
         "diffusers": checkpoints / DEMO_DIFFUSERS,
+        "refiner": checkpoints / DEMO_REFINER,
+        "refiner_sidecar": checkpoints
+        / (DEMO_REFINER.removesuffix(".safetensors") + SIDECAR_SUFFIX),
         "vae": models_dir / "vae" / DEMO_VAE,
+        "embedding": models_dir / EMBEDDINGS_FOLDER / DEMO_EMBEDDING,
         "expansion": models_dir / EXPANSION_FOLDER,
         "safety": models_dir / SAFETY_FOLDER / SAFETY_FILE,
         "safety_config": models_dir / SAFETY_FOLDER / (Path(SAFETY_FILE).stem + SIDECAR_SUFFIX),
@@ -341,11 +373,15 @@ def create_demo_models(models_dir: Path, *, overwrite: bool = False) -> list[Pat
 def _write(models_dir: Path, paths: dict[str, Path], todo: list[Path]) -> None:
     """Write the ``todo`` files of the demo set (``paths`` names the non-LoRA ones)."""
     components = build_tiny_sdxl(seed=DEMO_SEED, name=DEMO_CHECKPOINT)
+    refiner = build_tiny_refiner(seed=DEMO_SEED + 7, name=DEMO_REFINER)
     writers: dict[Path, Callable[[Path], None]] = {
         paths["checkpoint"]: lambda p: save_file(original_state_dict(components), str(p)),
         paths["sidecar"]: lambda p: write_config_folder(components, p),
         paths["diffusers"]: lambda p: write_diffusers_folder(components, p),
         paths["vae"]: lambda p: save_file(_demo_vae_state(), str(p)),
+        paths["refiner"]: lambda p: save_file(original_state_dict(refiner), str(p)),
+        paths["refiner_sidecar"]: lambda p: write_config_folder(refiner, p),
+        paths["embedding"]: partial(write_tiny_embedding, seed=DEMO_SEED + 6),
         paths["expansion"]: write_tiny_expansion,
         paths["safety"]: write_tiny_safety_checker,
         paths["safety_config"]: lambda p: tiny_safety_config().save_pretrained(p),

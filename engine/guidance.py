@@ -46,8 +46,8 @@ class AdmTimeIds:
     target_h, target_w). ``emphasized`` pretends the image was ``scale`` times larger; it is used
     while t > 999·(1 - adm_scaler_end), ``consistent`` afterwards."""
 
-    emphasized: tuple[int, int, int, int, int, int]
-    consistent: tuple[int, int, int, int, int, int]
+    emphasized: tuple[float, ...]
+    consistent: tuple[float, ...]
 
     @classmethod
     def for_size(cls, height: int, width: int, scale: float) -> AdmTimeIds:
@@ -59,7 +59,14 @@ class AdmTimeIds:
             (target_h, target_w, 0, 0, target_h, target_w),
         )
 
-    def pick(self, timestep: int, adm_scaler_end: float) -> tuple[int, int, int, int, int, int]:
+    @classmethod
+    def for_refiner(cls, height: int, width: int, aesthetic_score: float) -> AdmTimeIds:
+        """The official SDXL refiner's ids (orig_h, orig_w, crop_top, crop_left, aesthetic score):
+        the generation size, no crop, and no ADM scaling (§3.3)."""
+        ids = (float(height), float(width), 0.0, 0.0, aesthetic_score)
+        return cls(ids, ids)
+
+    def pick(self, timestep: int, adm_scaler_end: float) -> tuple[float, ...]:
         """The time ids to use at integer ``timestep``."""
         return self.emphasized if timestep > 999 * (1.0 - adm_scaler_end) else self.consistent
 
@@ -224,7 +231,7 @@ class FooocusDenoiser:
         x: torch.Tensor,
         sigma: float,
         timestep: int,
-        sides: list[tuple[TextConditioning, tuple[int, ...]]],
+        sides: list[tuple[TextConditioning, tuple[float, ...]]],
     ) -> list[torch.Tensor]:
         """UNet eps for each (conditioning, time ids) side, batched when lengths allow."""
         lengths = [cond.embeds.shape[1] for cond, _ in sides]
@@ -238,7 +245,7 @@ class FooocusDenoiser:
         x: torch.Tensor,
         sigma: float,
         timestep: int,
-        sides: list[tuple[TextConditioning, tuple[int, ...]]],
+        sides: list[tuple[TextConditioning, tuple[float, ...]]],
         length: int | None = None,
     ) -> list[torch.Tensor]:
         dtype = self.unet.dtype

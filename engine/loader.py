@@ -28,7 +28,7 @@ from transformers import (
 )
 
 from engine import checkpoint_keys as keys
-from engine.components import SDXL_CONFIG_DIR, SDXLComponents
+from engine.components import REFINER_CONFIG_DIR, SDXL_CONFIG_DIR, SDXLComponents
 
 SIDECAR_SUFFIX = ".config"
 
@@ -123,10 +123,12 @@ def _get(source: _Source, name: str) -> torch.Tensor:
     return source[name]
 
 
-def _clip_g_fetch(source: _Source, hidden: int) -> Callable[[str], torch.Tensor]:
+def _clip_g_fetch(
+    source: _Source, hidden: int, prefix: str = keys.CLIP_G_PREFIX
+) -> Callable[[str], torch.Tensor]:
     def fetch(name: str) -> torch.Tensor:
         original, chunk = keys.clip_g_name(name)
-        tensor = _get(source, keys.CLIP_G_PREFIX + original)
+        tensor = _get(source, prefix + original)
         if chunk is not None:
             return tensor[chunk * hidden : (chunk + 1) * hidden]
         if original == "text_projection":
@@ -163,13 +165,17 @@ def load_single_file(
     Raises CheckpointFormatError when the file is not an SDXL-architecture checkpoint.
     """
     what = path.name
-    unet_config = _load_json(config_dir / "unet" / "config.json")
-    vae_config = _load_json(config_dir / "vae" / "config.json")
-    te1_config = CLIPTextConfig.from_pretrained(config_dir / "text_encoder", local_files_only=True)
-    te2_config = CLIPTextConfig.from_pretrained(
-        config_dir / "text_encoder_2", local_files_only=True
-    )
     with open_weights(path) as source:
+        if is_official_refiner(source.names):
+            return _load_refiner(path, source, dtype, vae_dtype)
+        unet_config = _load_json(config_dir / "unet" / "config.json")
+        vae_config = _load_json(config_dir / "vae" / "config.json")
+        te1_config = CLIPTextConfig.from_pretrained(
+            config_dir / "text_encoder", local_files_only=True
+        )
+        te2_config = CLIPTextConfig.from_pretrained(
+            config_dir / "text_encoder_2", local_files_only=True
+        )
         if not any(n.startswith(keys.CLIP_G_PREFIX) for n in source.names):
             raise CheckpointFormatError(
                 f"{what} is not an SDXL checkpoint (no {keys.CLIP_G_PREFIX}* weights); "
@@ -192,6 +198,41 @@ def load_single_file(
     return SDXLComponents(
         path.name, unet, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2
     )
+
+
+def is_official_refiner(names: set[str]) -> bool:
+    """An SDXL-refiner-type file: open_clip weights as embedder 0 and no second embedder."""
+    return any(n.startswith(keys.REFINER_CLIP_G_PREFIX) for n in names) and not any(
+        n.startswith(keys.CLIP_G_PREFIX) for n in names
+    )
+
+
+def _load_refiner(
+    path: Path, source: _Source, dtype: torch.dtype, vae_dtype: torch.dtype
+) -> SDXLComponents:
+    """The official SDXL refiner's UNet, VAE and CLIP-G; configs from its sidecar folder or the
+    shipped ``engine/configs/sdxl_refiner``."""
+    what = path.name
+    config_dir = sidecar_config_dir(path) or REFINER_CONFIG_DIR
+    unet_config = _load_json(config_dir / "unet" / "config.json")
+    vae_config = _load_json(config_dir / "vae" / "config.json")
+    te2_config = CLIPTextConfig.from_pretrained(
+        config_dir / "text_encoder_2", local_files_only=True
+    )
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(unet_config)
+        text_encoder_2 = CLIPTextModelWithProjection(te2_config)
+    fill_module(
+        unet,
+        lambda n: _get(source, keys.UNET_PREFIX + keys.unet_name_to_sgm(n, unet_config)),
+        dtype,
+        what,
+    )
+    fetch = _clip_g_fetch(source, te2_config.hidden_size, keys.REFINER_CLIP_G_PREFIX)
+    fill_module(text_encoder_2, fetch, dtype, what)
+    vae = load_vae_weights(source, vae_config, vae_dtype, what)
+    tokenizer, tokenizer_2 = load_tokenizers(SDXL_CONFIG_DIR)
+    return SDXLComponents(path.name, unet, vae, None, text_encoder_2, tokenizer, tokenizer_2)
 
 
 def load_tokenizers(folder: Path) -> tuple[CLIPTokenizer, CLIPTokenizer]:

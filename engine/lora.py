@@ -63,8 +63,11 @@ class LoraTargets:
     """Every module of a model a LoRA may patch, under each name a LoRA file may use for it."""
 
     def __init__(self, components: SDXLComponents) -> None:
+        # The official refiner has no CLIP-L; its LoRA keys then simply find no module.
         self._modules: dict[str, torch.nn.Module] = {
-            attr: getattr(components, attr) for attr in _COMPONENTS
+            attr: getattr(components, attr)
+            for attr in _COMPONENTS
+            if getattr(components, attr) is not None
         }
         self._index: dict[str, tuple[str, str]] = {}
         unet_config = components.unet.config

@@ -215,14 +215,15 @@ class ModelManager:
             components = load_checkpoint(path, self.dtype, self.vae_dtype)
         except CheckpointFormatError as exc:
             raise EngineInputError("base_model_name", f"cannot load {name}: {exc}") from exc
-        modules: tuple[torch.nn.Module, ...] = (
+        modules: tuple[torch.nn.Module | None, ...] = (
             components.unet,
             components.text_encoder,
             components.text_encoder_2,
             components.vae,
         )
         for module in modules:
-            module.to(self.device)
+            if module is not None:
+                module.to(self.device)
         components.name = name
         return _LoadedBase(
             name, mtime_ns, components, LoraPatcher(components), DEFAULT_VAE, components

@@ -18,6 +18,7 @@ import torch
 
 from engine.components import SDXLComponents
 from engine.config import EngineConfig
+from engine.embeddings import EMBEDDINGS_FOLDER, EmbeddingLibrary
 from engine.expansion import EXPANSION_FILES, EXPANSION_FOLDER, PromptExpansion
 from engine.image_prompts import FIELD as IMAGE_PROMPT_FIELD
 from engine.image_prompts import ImagePromptModels, required_files, resolve_slots
@@ -172,16 +173,6 @@ class Engine:
                 "debugging_inpaint_preprocessor",
                 "the inpaint preprocessor preview is not supported yet",
             ),
-            (
-                "embedding:" in request.prompt,
-                "prompt",
-                "textual-inversion embeddings ('embedding:name') are not supported yet",
-            ),
-            (
-                "embedding:" in request.negative_prompt,
-                "negative_prompt",
-                "textual-inversion embeddings ('embedding:name') are not supported yet",
-            ),
         )
         for refused, field, message in refusals:
             if refused:
@@ -259,6 +250,15 @@ class Engine:
         if not listed and (self.config.models_dir / folder / name).is_file():
             return
         raise EngineInputError(field, f"{folder} file '{name}' is not available")
+
+    def embedding_library(self) -> EmbeddingLibrary:
+        """The textual-inversion files in ``models/embeddings`` as they are now (read lazily)."""
+        manager = self.manager
+        return EmbeddingLibrary(
+            manager.list_files(EMBEDDINGS_FOLDER),
+            lambda name: manager.require(EMBEDDINGS_FOLDER, name),
+            "prompt",
+        )
 
     def expansion_model(self, on_message: Message | None = None) -> PromptExpansion:
         """The Fooocus V2 model, downloaded when missing and loaded once."""

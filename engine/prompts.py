@@ -9,14 +9,17 @@ keep its mean (Fooocus's variant of A1111 emphasis).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from engine.components import SDXLComponents
+from engine.embeddings import EMBEDDING_PREFIX, EmbeddingLibrary
 from engine.guidance import TextConditioning
+from engine.types import EngineInputError
 
 WINDOW = 75  # tokens per chunk between BOS and EOS (77 with them)
 LONG_WORD = 8  # words of this many tokens or more may be split across chunks
@@ -90,24 +93,68 @@ def _parse_group(inner: str, weight: float) -> list[tuple[str, float]]:
     return _parse(inner, weight * EMPHASIS)
 
 
-Chunk = list[tuple[int, float]]
+Token = int | torch.Tensor
+"""A token id, or a textual-inversion vector [width] that takes one token's place."""
+Chunk = list[tuple[Token, float]]
 
 
-def tokenize_weighted(tokenizer: CLIPTokenizer, text: str) -> list[Chunk]:
-    """(token id, weight) chunks of exactly 77 entries: BOS, up to 75 tokens, EOS, padding.
+@dataclass
+class EmbeddingLookup:
+    """Where ``embedding:NAME`` words find their vectors, and who hears about unknown names."""
+
+    library: EmbeddingLibrary
+    encoder_key: str  # "clip_l" or "clip_g"
+    on_unknown: Callable[[str], None] = field(default=lambda name: None)
+
+
+def _embedding_word(
+    piece: str, weight: float, lookup: EmbeddingLookup | None
+) -> tuple[list[tuple[Token, float]], str] | None:
+    """(the vectors of an ``embedding:NAME`` word, text left after it), None when it is none.
+
+    Trailing commas are not part of the name (``embedding:foo,`` names ``foo``); an unknown name
+    leaves the word as text, as Fooocus does, and is reported through ``on_unknown``.
+    """
+    if lookup is None or not piece.startswith(EMBEDDING_PREFIX):
+        return None
+    name = piece[len(EMBEDDING_PREFIX) :]
+    stripped = name.rstrip(",")
+    found = lookup.library.find(stripped) if stripped else None
+    if found is None:
+        lookup.on_unknown(stripped)
+        return None
+    vectors = found.vectors[lookup.encoder_key]
+    return [(vector, weight) for vector in vectors], name[len(stripped) :]
+
+
+def tokenize_weighted(
+    tokenizer: CLIPTokenizer, text: str, embeddings: EmbeddingLookup | None = None
+) -> list[Chunk]:
+    """(token, weight) chunks of exactly 77 entries: BOS, up to 75 tokens, EOS, padding.
 
     Whole words move to the next chunk when they do not fit; only words of 8+ tokens are split.
-    Padding uses the tokenizer's pad token (EOS for CLIP-L, 0 for CLIP-G in SDXL).
+    Padding uses the tokenizer's pad token (EOS for CLIP-L, 0 for CLIP-G in SDXL). With
+    ``embeddings``, each ``embedding:NAME`` word becomes its n vectors (one word of n tokens).
     """
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    words: list[list[tuple[int, float]]] = []
+    words: list[list[tuple[Token, float]]] = []
     for segment, weight in parse_emphasis(text):
         pieces = [w for w in segment.replace("\n", " ").split(" ") if w]
-        if not pieces:
-            continue
-        ids = tokenizer(pieces, add_special_tokens=False)["input_ids"]
-        words.extend([(int(t), weight) for t in word_ids] for word_ids in ids)
+        texts: list[str] = []
+        for piece in pieces:
+            embedded = _embedding_word(piece, weight, embeddings)
+            if embedded is None:
+                texts.append(piece)
+                continue
+            if texts:
+                words.extend(_text_words(tokenizer, texts, weight))
+                texts = []
+            words.append(embedded[0])
+            if embedded[1]:
+                texts.append(embedded[1])
+        if texts:
+            words.extend(_text_words(tokenizer, texts, weight))
 
     chunks: list[Chunk] = []
     current: Chunk = []
@@ -132,6 +179,51 @@ def tokenize_weighted(tokenizer: CLIPTokenizer, text: str) -> list[Chunk]:
     return chunks
 
 
+def _text_words(
+    tokenizer: CLIPTokenizer, pieces: list[str], weight: float
+) -> list[list[tuple[Token, float]]]:
+    ids = tokenizer(pieces, add_special_tokens=False)["input_ids"]
+    return [[(int(t), weight) for t in word_ids] for word_ids in ids]
+
+
+@contextmanager
+def _vectors_inserted(
+    encoder: CLIPTextModel | CLIPTextModelWithProjection, chunks: list[Chunk]
+) -> Iterator[None]:
+    """While held, the encoder's token embeddings at embedding positions are their vectors.
+
+    The vectors replace what the token-embedding layer returns, before the position embeddings
+    are added, so they pass through the encoder exactly like learned token embeddings.
+    """
+    layer = encoder.get_input_embeddings()
+    inserted = [
+        (row, col, token)
+        for row, chunk in enumerate(chunks)
+        for col, (token, _) in enumerate(chunk)
+        if isinstance(token, torch.Tensor)
+    ]
+    if not inserted:
+        yield
+        return
+    width = int(encoder.config.hidden_size)
+    if any(vector.shape[-1] != width for _, _, vector in inserted):
+        raise EngineInputError(
+            "prompt", f"an embedding does not fit this model's {width}-wide encoder"
+        )
+
+    def replace(_module: torch.nn.Module, _args: object, output: torch.Tensor) -> torch.Tensor:
+        output = output.clone()
+        for row, col, vector in inserted:
+            output[row, col] = vector.to(output)
+        return output
+
+    handle = layer.register_forward_hook(replace)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 @dataclass
 class _EncoderOutput:
     hidden: torch.Tensor  # [chunks, 77, D]
@@ -141,10 +233,29 @@ class _EncoderOutput:
 class PromptEncoder:
     """Encodes prompt elements with a model's two CLIP encoders; caches by text."""
 
-    def __init__(self, components: SDXLComponents, clip_skip: int) -> None:
+    def __init__(
+        self,
+        components: SDXLComponents,
+        clip_skip: int,
+        embeddings: EmbeddingLibrary | None = None,
+        on_note: Callable[[str], None] | None = None,
+    ) -> None:
         self.components = components
         self.clip_skip = clip_skip
+        self.embeddings = embeddings
+        self._on_note = on_note or (lambda message: None)
+        self._unknown: set[str] = set()
         self._cache: dict[str, TextConditioning] = {}
+
+    def _lookup(self, encoder_key: str) -> EmbeddingLookup | None:
+        if self.embeddings is None:
+            return None
+        return EmbeddingLookup(self.embeddings, encoder_key, self._note_unknown)
+
+    def _note_unknown(self, name: str) -> None:
+        if name not in self._unknown:
+            self._unknown.add(name)
+            self._on_note(f"Embedding '{name}' not found in models/embeddings; kept as text")
 
     def encode(self, elements: Sequence[str], pooled_count: int | None = None) -> TextConditioning:
         """Encode each element separately and concatenate along the token axis.
@@ -163,8 +274,10 @@ class PromptEncoder:
         if cached is not None:
             return cached
         c = self.components
-        chunks_l = tokenize_weighted(c.tokenizer, text)
-        chunks_g = tokenize_weighted(c.tokenizer_2, text)
+        if c.text_encoder is None:
+            raise ValueError(f"{c.name} has no CLIP-L text encoder to encode prompts with")
+        chunks_l = tokenize_weighted(c.tokenizer, text, self._lookup("clip_l"))
+        chunks_g = tokenize_weighted(c.tokenizer_2, text, self._lookup("clip_g"))
         if len(chunks_l) != len(chunks_g):
             raise RuntimeError("the two CLIP tokenizers split the prompt differently")
         out_l = self._encode_chunks(c.text_encoder, chunks_l, c.tokenizer)
@@ -183,13 +296,14 @@ class PromptEncoder:
         tokenizer: CLIPTokenizer,
     ) -> _EncoderOutput:
         weighted = any(w != 1.0 for chunk in chunks for _, w in chunk)
-        ids = [[t for t, _ in chunk] for chunk in chunks]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        ids = [[t if isinstance(t, int) else pad for t, _ in chunk] for chunk in chunks]
         if weighted:
-            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
             empty = [tokenizer.bos_token_id, tokenizer.eos_token_id]
             ids.append(empty + [pad] * (WINDOW + 2 - len(empty)))
         device = encoder.device
-        out = encoder(torch.tensor(ids, device=device), output_hidden_states=True)
+        with _vectors_inserted(encoder, chunks):
+            out = encoder(torch.tensor(ids, device=device), output_hidden_states=True)
         layers = encoder.config.num_hidden_layers
         # Like Fooocus's CLIP, a skip deeper than the model falls back to the final output.
         if self.clip_skip > layers:

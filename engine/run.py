@@ -40,10 +40,10 @@ from engine.styles import FOOOCUS_V2
 from engine.tasks import Expand, build_image_task
 from engine.types import (
     EngineEvent,
+    EngineInputError,
     EngineRequest,
     EngineResult,
     EventCallback,
-    FeatureNotSupportedError,
     GeneratedImage,
     StopPoll,
     TaskStopped,
@@ -58,6 +58,23 @@ PREPARED_PROGRESS = 5  # where sampling starts; steps then share the range up to
 LAST_PROGRESS = 99
 LATENT_CHANNELS = 4
 LATENT_SCALE = 8
+
+
+REFINER_AESTHETIC_POSITIVE = 6.0
+REFINER_AESTHETIC_NEGATIVE = 2.5
+
+
+def refiner_context_width(base: SDXLComponents, refiner: SDXLComponents) -> int:
+    """The width of the text tokens the refiner gets from the base's encoding."""
+    if refiner.clip_g_only:
+        return int(base.text_encoder_2.config.hidden_size)
+    return int(base.unet.config.cross_attention_dim)
+
+
+def clip_g_part(cond: TextConditioning, width: int) -> TextConditioning:
+    """The CLIP-G features of a base conditioning: the last ``width`` features of each token
+    (the two encoders' outputs are concatenated CLIP-L first) and the pooled vector."""
+    return TextConditioning(cond.embeds[..., -width:], cond.pooled)
 
 
 class _SkipImage(Exception):
@@ -115,14 +132,13 @@ class RequestRun:
             refiner = self.engine.manager.load_refiner(
                 plan.refiner, loras=plan.loras, on_message=self._message
             )
-            if (
-                refiner.unet.config.cross_attention_dim
-                != components.unet.config.cross_attention_dim
-            ):
-                raise FeatureNotSupportedError(
+            width = refiner_context_width(components, refiner)
+            if refiner.unet.config.cross_attention_dim != width:
+                raise EngineInputError(
                     "refiner_model_name",
-                    "only SDXL-architecture refiners are supported; the official SDXL refiner "
-                    "(CLIP-G conditioning, aesthetic scores) is not",
+                    f"the refiner {plan.refiner} does not fit the base model "
+                    f"(it attends to {refiner.unet.config.cross_attention_dim}-wide text tokens, "
+                    f"the base gives {width})",
                 )
         expand: Expand | None = None
         if FOOOCUS_V2 in request.style_selections and plan.lines.main:
@@ -225,7 +241,12 @@ class RequestRun:
         )
         steps = len(sigmas) - 1
         self.total_steps = steps * request.image_number
-        encoder = PromptEncoder(components, request.clip_skip)
+        encoder = PromptEncoder(
+            components,
+            request.clip_skip,
+            self.engine.embedding_library(),
+            lambda note: self.report(self.progress, note),
+        )
         count = request.image_number
         for index in range(count):
             seed = image_seed(request.seed, index, increment=not request.disable_seed_increment)
@@ -282,14 +303,28 @@ class RequestRun:
         add_ons: tuple[UNetAddOn, ...] = (),
     ) -> FooocusDenoiser:
         request, plan = self.request, self.plan
+        height, width = request.height, request.width
+        if unet_of.clip_g_only:
+            # The official refiner sees the CLIP-G part of the base's encoding (the base's CLIP,
+            # LoRAs included, as Fooocus does) and aesthetic scores instead of target sizes.
+            g = int(unet_of.unet.config.cross_attention_dim)  # checked to be CLIP-G's at load
+            conds = (
+                clip_g_part(conds[0], g),
+                None if conds[1] is None else clip_g_part(conds[1], g),
+            )
+            positive = AdmTimeIds.for_refiner(height, width, REFINER_AESTHETIC_POSITIVE)
+            negative = AdmTimeIds.for_refiner(height, width, REFINER_AESTHETIC_NEGATIVE)
+        else:
+            positive = AdmTimeIds.for_size(height, width, plan.adm_positive)
+            negative = AdmTimeIds.for_size(height, width, plan.adm_negative)
         return FooocusDenoiser(
             unet_of.unet,
             schedule,
             plan.guidance,
             conds[0],
             conds[1],
-            AdmTimeIds.for_size(request.height, request.width, plan.adm_positive),
-            AdmTimeIds.for_size(request.height, request.width, plan.adm_negative),
+            positive,
+            negative,
             add_ons,
         )
 

@@ -53,6 +53,7 @@ def text_output(c: SDXLComponents) -> torch.Tensor:
     ids = c.tokenizer(
         "a photo of a cat", padding="max_length", max_length=77, return_tensors="pt"
     ).input_ids
+    assert c.text_encoder is not None
     with torch.no_grad():
         return c.text_encoder(ids).last_hidden_state
 
@@ -159,6 +160,7 @@ def test_every_key_dialect_patches_the_same_module(tmp_path: Path, names: dict[s
 
 def test_text_encoder_dialects_and_loha(tmp_path: Path) -> None:
     components = build_tiny_sdxl()
+    assert components.text_encoder is not None
     te1 = components.text_encoder.get_parameter("encoder.layers.1.self_attn.k_proj.weight")
     te2 = components.text_encoder_2.get_parameter("text_model.encoder.layers.0.mlp.fc2.weight")
     te1_before, te2_before = te1.clone(), te2.clone()

@@ -21,7 +21,15 @@ from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 from engine import checkpoint_keys as keys
 from engine.components import SDXL_CONFIG_DIR, SDXLComponents, build_tiny_sdxl
 from engine.config import EngineConfig
-from engine.demo import DEMO_CHECKPOINT, DEMO_DIFFUSERS, DEMO_SEED, DEMO_VAE, original_state_dict
+from engine.demo import (
+    DEMO_CHECKPOINT,
+    DEMO_DIFFUSERS,
+    DEMO_EMBEDDING,
+    DEMO_REFINER,
+    DEMO_SEED,
+    DEMO_VAE,
+    original_state_dict,
+)
 from engine.models import ModelManager
 from engine.types import EngineInputError
 
@@ -39,7 +47,11 @@ def assert_same_weights(
 
 
 def test_list_files(model_manager: ModelManager) -> None:
-    assert model_manager.list_files("checkpoints") == [DEMO_CHECKPOINT, DEMO_DIFFUSERS]
+    assert model_manager.list_files("checkpoints") == [
+        DEMO_CHECKPOINT,
+        DEMO_DIFFUSERS,
+        DEMO_REFINER,
+    ]
     assert model_manager.list_files("loras") == [
         "demo_hyper_sd_4step_lora.safetensors",
         "demo_lcm_lora.safetensors",
@@ -56,7 +68,7 @@ def test_list_files(model_manager: ModelManager) -> None:
         "ip-adapter-plus_sdxl_vit-h.bin",
     ]
     assert model_manager.list_files("inpaint") != []
-    assert model_manager.list_files("embeddings") == []
+    assert model_manager.list_files("embeddings") == [DEMO_EMBEDDING]
     with pytest.raises(ValueError, match="unknown model folder"):
         model_manager.list_files("nope")
 

@@ -277,8 +277,6 @@ def test_performance_steps(engine: Engine, performance: str, steps: int) -> None
             False,
         ),  # the fake manager has no ControlNet file
         ({"black_out_nsfw": True}, "black_out_nsfw", False),  # no checker file
-        ({"prompt": "a cat, embedding:foo"}, "prompt", True),
-        ({"negative_prompt": "embedding:bad"}, "negative_prompt", True),
         ({"width": 60}, "width", False),
         ({"height": 0}, "height", False),
         ({"base_model_name": "missing.safetensors"}, "base_model_name", False),

@@ -73,6 +73,7 @@ def test_encoding_uses_clip_skip_without_final_norm(tiny: SDXLComponents) -> Non
     assert cond.embeds.shape == (1, 77, 64)
     assert cond.pooled.shape == (1, 32)
     ids = torch.tensor([[t for t, _ in tokenize_weighted(tiny.tokenizer, "a cat")[0]]])
+    assert tiny.text_encoder is not None
     with torch.no_grad():
         expected = tiny.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
     assert torch.allclose(cond.embeds[..., :32], expected)
