@@ -168,11 +168,6 @@ class Engine:
                 "refiner_swap_method",
                 f"unknown refiner swap method '{request.refiner_swap_method}'",
             ),
-            (
-                request.inpaint_input_image is not None and request.debugging_inpaint_preprocessor,
-                "debugging_inpaint_preprocessor",
-                "the inpaint preprocessor preview is not supported yet",
-            ),
         )
         for refused, field, message in refusals:
             if refused:

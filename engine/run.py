@@ -146,6 +146,8 @@ class RequestRun:
             expand = self.engine.expansion_model(self._message)
         if request.inpaint_input_image is not None:
             self._prepare_inpaint(components)
+            if request.debugging_inpaint_preprocessor:
+                return self._inpaint_preprocessor_result()
         elif request.uov_method != "Disabled" and request.uov_input_image is not None:
             prepared = self._prepare_uov(components)
             if prepared.denoise is None:
@@ -215,6 +217,15 @@ class RequestRun:
         request = self.request
         maps = preprocessed_maps(request, request.width, request.height)
         return self._answer(maps, {}, "Preprocessor result")
+
+    def _inpaint_preprocessor_result(self) -> EngineResult:
+        """``debugging_inpaint_preprocessor``: what the sampler would start from, as Fooocus
+        shows it: the filled crop, its mask, and the crop itself."""
+        assert self.inpaint is not None
+        prepared = self.inpaint.input
+        mask = Image.fromarray(prepared.crop_mask).convert("RGB")
+        images = [prepared.crop_fill.convert("RGB"), mask, prepared.crop.convert("RGB")]
+        return self._answer(images, {}, "Inpaint preprocessor result")
 
     def _direct_result(self, prepared: UovInput) -> EngineResult:
         """Fast 2x, or an upscale too large to diffuse: the super-resolved image is the answer."""

@@ -170,3 +170,19 @@ def test_patch_adds_and_restores_weights_exactly(engine: Engine, demo_models_dir
     assert not torch.equal(unet.conv_in.weight, before)
     patch.remove()
     assert torch.equal(unet.conv_in.weight, before)
+
+
+def test_debugging_inpaint_preprocessor_returns_fill_mask_and_crop(engine: Engine) -> None:
+    request = replace(BASE, debugging_inpaint_preprocessor=True)
+    steps: list[str] = []
+    result = engine.generate(
+        request, on_event=lambda event: steps.append(event.message), should_stop=None
+    )
+    assert not any(message.startswith("Sampling step") for message in steps)
+    fill, mask, crop = (np.asarray(item.image) for item in result.images)
+    assert fill.shape == mask.shape == crop.shape
+    assert set(np.unique(mask)) == {0, 255}
+    masked = mask[..., 0] > 127
+    # Outside the mask the fill is the crop; inside, the fill replaced it.
+    assert np.array_equal(fill[~masked], crop[~masked])
+    assert not np.array_equal(fill[masked], crop[masked])

@@ -263,15 +263,6 @@ def test_performance_steps(engine: Engine, performance: str, steps: int) -> None
         ({"inpaint_input_image": Image.new("RGB", (8, 8))}, "inpaint_mask_image", False),
         ({"outpaint_selections": ("Left",)}, "inpaint_input_image", False),
         (
-            {
-                "inpaint_input_image": Image.new("RGB", (8, 8)),
-                "outpaint_selections": ("Left",),
-                "debugging_inpaint_preprocessor": True,
-            },
-            "debugging_inpaint_preprocessor",
-            True,
-        ),
-        (
             {"image_prompts": (ImagePromptSpec(Image.new("RGB", (8, 8)), "PyraCanny"),)},
             "controlnet_image",
             False,
