@@ -21,7 +21,7 @@ from typing import Any
 
 import requests
 
-from tests.server import ROOT, free_port
+from tests.server import ROOT, free_port, process_env
 
 POSTGRES_URL = os.environ.get("FOOOCUS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
 REDIS_URL = os.environ.get("FOOOCUS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -85,24 +85,13 @@ def scratch_services() -> Iterator[Services]:
 def base_env(services: Services, home: Path, models_dir: Path) -> dict[str, str]:
     """The environment every process of the deployment shares (short timers for tests)."""
     env = {
-        **os.environ,
+        **process_env(home, models_dir),
         **services.env(),
         "DJANGO_SETTINGS_MODULE": "fooocus_site.settings",
-        "FOOOCUS_OUTPUTS_DIR": str(home / "outputs"),
-        "FOOOCUS_INPUTS_DIR": str(home / "inputs"),
-        "FOOOCUS_MODELS_DIR": str(models_dir),
         "FOOOCUS_PRESET": "demo",
-        "FOOOCUS_ALLOW_DOWNLOADS": "0",
-        "FOOOCUS_WORKER_POLL_SECONDS": "0.5",
-        "FOOOCUS_WAIT_RECHECK_SECONDS": "0.5",
         "FOOOCUS_WORKER_HEARTBEAT_SECONDS": "0.5",
         "FOOOCUS_WORKER_LEASE_SECONDS": "3",
-        "FOOOCUS_WEBHOOK_BACKOFF": "0.2",
         "FOOOCUS_DEVICE": "cpu",
-        "DJANGO_SECRET_KEY": "tests-only-secret",
-        "PYTHONUNBUFFERED": "1",
-        # Two cores are shared by every process: more torch threads only spin.
-        "FOOOCUS_TORCH_THREADS": "1",
         "OMP_NUM_THREADS": "1",
     }
     return env

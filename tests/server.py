@@ -59,6 +59,25 @@ class LiveServer:
         return self.process.returncode
 
 
+def process_env(home: Path, models_dir: Path) -> dict[str, str]:
+    """What every server process started by the tests shares: its folders under ``home``, the
+    demo models, no downloads, and short timers."""
+    return {
+        **os.environ,
+        "FOOOCUS_OUTPUTS_DIR": str(home / "outputs"),
+        "FOOOCUS_INPUTS_DIR": str(home / "inputs"),
+        "FOOOCUS_MODELS_DIR": str(models_dir),
+        "FOOOCUS_ALLOW_DOWNLOADS": "0",
+        "FOOOCUS_WORKER_POLL_SECONDS": "0.5",
+        "FOOOCUS_WAIT_RECHECK_SECONDS": "0.5",
+        "FOOOCUS_WEBHOOK_BACKOFF": "0.2",
+        "DJANGO_SECRET_KEY": "tests-only-secret",
+        "PYTHONUNBUFFERED": "1",
+        # Two cores are shared by pytest and the servers: more torch threads only spin.
+        "FOOOCUS_TORCH_THREADS": "1",
+    }
+
+
 def start_server(
     home: Path,
     models_dir: Path,
@@ -70,20 +89,9 @@ def start_server(
     home.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     env = {
-        **os.environ,
-        "FOOOCUS_OUTPUTS_DIR": str(home / "outputs"),
-        "FOOOCUS_INPUTS_DIR": str(home / "inputs"),
-        "FOOOCUS_MODELS_DIR": str(models_dir),
-        "FOOOCUS_ALLOW_DOWNLOADS": "0",
+        **process_env(home, models_dir),
         # The webhook tests receive on 127.0.0.1.
         "FOOOCUS_ALLOW_PRIVATE_WEBHOOKS": "1",
-        "FOOOCUS_WORKER_POLL_SECONDS": "0.5",
-        "FOOOCUS_WAIT_RECHECK_SECONDS": "0.5",
-        "FOOOCUS_WEBHOOK_BACKOFF": "0.2",
-        "DJANGO_SECRET_KEY": "tests-only-secret",
-        "PYTHONUNBUFFERED": "1",
-        # Two cores are shared by pytest and the server: more torch threads only spin.
-        "FOOOCUS_TORCH_THREADS": "1",
         **(extra_env or {}),
     }
     env.pop("DATABASE_URL", None)
