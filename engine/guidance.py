@@ -66,8 +66,8 @@ class AdmTimeIds:
         ids = (float(height), float(width), 0.0, 0.0, aesthetic_score)
         return cls(ids, ids)
 
-    def pick(self, timestep: int, adm_scaler_end: float) -> tuple[float, ...]:
-        """The time ids to use at integer ``timestep``."""
+    def pick(self, timestep: float, adm_scaler_end: float) -> tuple[float, ...]:
+        """The time ids to use at the UNet's ``timestep`` (an integer one for SDXL's schedule)."""
         return self.emphasized if timestep > 999 * (1.0 - adm_scaler_end) else self.consistent
 
 
@@ -171,9 +171,10 @@ UNetAddOn = Callable[[UNetCall], dict[str, Any]]
 class FooocusDenoiser:
     """``denoiser(x, sigma) -> denoised`` around a diffusers SDXL UNet.
 
-    The UNet sees x/sqrt(sigma²+1) at the integer timestep nearest to sigma and predicts eps;
-    ``schedule.denoised`` turns eps into x0. ``unet_calls`` counts UNet forwards (for tests and
-    speed accounting).
+    The UNet sees ``schedule.input_scale(sigma)``·x at ``schedule.timestep(sigma)`` (for SDXL:
+    x/sqrt(sigma²+1) at the nearest integer timestep; for EDM: c_in·x at 0.25·ln sigma) and
+    ``schedule.denoised`` turns its output into x0. ``unet_calls`` counts UNet forwards (for tests
+    and speed accounting).
     """
 
     def __init__(
@@ -188,6 +189,9 @@ class FooocusDenoiser:
         add_ons: Sequence[UNetAddOn] = (),
     ) -> None:
         self.unet = unet
+        # diffusers' ``ModelMixin.dtype`` walks every parameter: read it once, not per step
+        # (it cost about as much as the rest of the guidance per step on the demo model).
+        self.unet_dtype = unet.dtype
         self.add_ons = tuple(add_ons)
         self.schedule = schedule
         self.settings = settings
@@ -230,7 +234,7 @@ class FooocusDenoiser:
         self,
         x: torch.Tensor,
         sigma: float,
-        timestep: int,
+        timestep: float,
         sides: list[tuple[TextConditioning, tuple[float, ...]]],
     ) -> list[torch.Tensor]:
         """UNet eps for each (conditioning, time ids) side, batched when lengths allow."""
@@ -244,11 +248,11 @@ class FooocusDenoiser:
         self,
         x: torch.Tensor,
         sigma: float,
-        timestep: int,
+        timestep: float,
         sides: list[tuple[TextConditioning, tuple[float, ...]]],
         length: int | None = None,
     ) -> list[torch.Tensor]:
-        dtype = self.unet.dtype
+        dtype = self.unet_dtype
         device = x.device
         count = len(sides)
         target = length or sides[0][0].embeds.shape[1]
@@ -259,7 +263,7 @@ class FooocusDenoiser:
         ).to(device=device, dtype=dtype)
         pooled = torch.cat([cond.pooled for cond, _ in sides]).to(device=device, dtype=dtype)
         time_ids = torch.tensor([list(ids) for _, ids in sides], device=device, dtype=dtype)
-        scaled = (x / math.sqrt(sigma**2 + 1.0)).repeat(count, 1, 1, 1).to(dtype)
+        scaled = (x * self.schedule.input_scale(sigma)).repeat(count, 1, 1, 1).to(dtype)
         t = torch.full((count,), float(timestep), device=device, dtype=torch.float32)
         extra: dict[str, Any] = {}
         if self.add_ons:

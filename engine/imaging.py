@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
 import torch
+from diffusers import AutoencoderKL
 from PIL import Image
 
 from engine.components import SDXLComponents
@@ -23,6 +25,12 @@ LATENT_SCALE = 8
 # VAE tiles: 512 px with 64 px overlap for SDXL, relative to native.
 VAE_TILE_FRACTION = 0.5
 VAE_TILE_OVERLAP = 0.125
+SDXL_SCALING_FACTOR = 0.13025
+# Playground v2.5's vae/config.json (playgroundai/playground-v2.5-1024px-aesthetic on Hugging Face,
+# the same values as ComfyUI's SDXL_Playground_2_5 latent format).
+PLAYGROUND_SCALING_FACTOR = 0.5
+PLAYGROUND_LATENTS_MEAN = (-1.6574, 1.886, -1.383, 2.5155)
+PLAYGROUND_LATENTS_STD = (8.4927, 5.9022, 6.5498, 5.2299)
 
 
 def size_unit(native: int) -> int:
@@ -161,14 +169,75 @@ def vae_tile(native: int) -> tuple[int, int]:
     return tile, overlap
 
 
+@dataclass(frozen=True)
+class LatentFormat:
+    """How the sampler's latent space ("k-space") relates to the VAE's raw latents.
+
+    k = (raw - shift - mean) · scale / std per channel; SDXL has no mean/std (k = raw · 0.13025),
+    Playground v2.5 normalises each channel (scale 0.5), like diffusers' SDXL pipelines do when the
+    VAE config has ``latents_mean``/``latents_std``.
+    """
+
+    scale: float
+    shift: float = 0.0
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    @classmethod
+    def of_vae(cls, vae: AutoencoderKL, *, playground: bool = False) -> LatentFormat:
+        """The format to use with ``vae``; ``playground`` when sampling Playground v2.5.
+
+        Like Fooocus, the scheduler decides (``edm_playground_v2.5`` means Playground), not the
+        file. Playground's per-channel statistics come from the VAE config when it has them (a
+        sidecar ``<stem>.config/vae/config.json``), else from Playground's published config.
+        """
+        config = vae.config
+        shift = float(getattr(config, "shift_factor", None) or 0.0)
+        if not playground:
+            return cls(float(config.scaling_factor), shift)
+        mean = getattr(config, "latents_mean", None)
+        std = getattr(config, "latents_std", None)
+        if mean is not None and std is not None:
+            return cls(float(config.scaling_factor), shift, tuple(mean), tuple(std))
+        mean, std = PLAYGROUND_LATENTS_MEAN, PLAYGROUND_LATENTS_STD
+        return cls(PLAYGROUND_SCALING_FACTOR, shift, mean, std)
+
+    def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = torch.tensor(self.mean or (0.0,), dtype=like.dtype, device=like.device)
+        std = torch.tensor(self.std or (1.0,), dtype=like.dtype, device=like.device)
+        return mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
+
+    def from_vae(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw VAE latents -> k-space."""
+        mean, std = self._stats(raw)
+        return (raw - self.shift - mean) * self.scale / std
+
+    def to_vae(self, latent: torch.Tensor) -> torch.Tensor:
+        """k-space -> raw VAE latents."""
+        mean, std = self._stats(latent)
+        return latent * std / self.scale + mean + self.shift
+
+    def to_sdxl(self, latent: torch.Tensor) -> torch.Tensor:
+        """k-space -> SDXL's k-space (what the step previews' colour map expects)."""
+        if self.mean is None:
+            return latent  # an SDXL-type space already (the preview ignores scale differences)
+        return self.to_vae(latent) * SDXL_SCALING_FACTOR
+
+
 def encode_image(
-    components: SDXLComponents, image: Image.Image, *, tiled: bool = False
+    components: SDXLComponents,
+    image: Image.Image,
+    *,
+    tiled: bool = False,
+    latent_format: LatentFormat | None = None,
 ) -> torch.Tensor:
     """VAE-encode an RGB image (sides multiples of 8) to a k-space latent [1, 4, H/8, W/8].
 
     Uses the posterior mean (deterministic; the SDXL posterior's spread is negligible).
+    ``latent_format`` defaults to the VAE's own (SDXL) one.
     """
     vae = components.vae
+    fmt = latent_format or LatentFormat.of_vae(vae)
     pixels = image_to_tensor(image) * 2.0 - 1.0
     pixels = pixels.to(device=vae.device, dtype=vae.dtype)
 
@@ -180,22 +249,21 @@ def encode_image(
         latent = tiled_apply(encode, pixels, tile, overlap, Fraction(1, LATENT_SCALE))
     else:
         latent = encode(pixels)
-    shift = getattr(vae.config, "shift_factor", None)
-    if shift:
-        latent = latent - shift
-    return latent.float() * vae.config.scaling_factor
+    return fmt.from_vae(latent.float())
 
 
 def decode_latent(
-    components: SDXLComponents, latent: torch.Tensor, *, tiled: bool = False
+    components: SDXLComponents,
+    latent: torch.Tensor,
+    *,
+    tiled: bool = False,
+    latent_format: LatentFormat | None = None,
 ) -> Image.Image:
-    """VAE-decode one latent [1, 4, h, w] (k-space, unscaled) to an RGB image."""
+    """VAE-decode one latent [1, 4, h, w] (k-space) to an RGB image; ``latent_format`` as in
+    :func:`encode_image`."""
     vae = components.vae
-    scaled = latent / vae.config.scaling_factor
-    shift = getattr(vae.config, "shift_factor", None)
-    if shift:
-        scaled = scaled + shift
-    scaled = scaled.to(device=vae.device, dtype=vae.dtype)
+    fmt = latent_format or LatentFormat.of_vae(vae)
+    scaled = fmt.to_vae(latent.float()).to(device=vae.device, dtype=vae.dtype)
 
     def decode(window: torch.Tensor) -> torch.Tensor:
         return vae.decode(window).sample

@@ -55,6 +55,10 @@ LATENT_SCALE = 8
 Message = Callable[[str], None]
 
 
+# Samplers that step on the 1000 training timesteps of a discrete-time (eps) model.
+DISCRETE_TIME_SAMPLERS = frozenset({"tcd", "lcm"})
+
+
 class ModelSource(Protocol):
     """What the engine needs from the model manager (:class:`engine.models.ModelManager`)."""
 
@@ -135,6 +139,14 @@ class Engine:
         plan = self.plan(request)
         get_sampler(plan.sampler)
         check_scheduler(plan.scheduler, plan.steps)
+        if plan.scheduler == "edm_playground_v2.5" and plan.sampler in DISCRETE_TIME_SAMPLERS:
+            # These samplers step on the 1000 training timesteps of an eps model; EDM's
+            # continuous sigmas have no such grid, so the result would be noise.
+            raise EngineInputError(
+                "sampler_name",
+                f"sampler '{plan.sampler}' needs a discrete-time model; "
+                "it cannot run with the edm_playground_v2.5 scheduler",
+            )
         self.style_library.check(request.style_selections)
         self._check_unsupported(request, plan)
         self._check_image_inputs(request)

@@ -18,7 +18,7 @@ from engine.components import SDXLComponents
 from engine.freeu import freeu
 from engine.guidance import AdmTimeIds, FooocusDenoiser, TextConditioning, UNetAddOn
 from engine.image_prompts import ImagePromptAddOns, build_add_ons, preprocessed_maps
-from engine.imaging import crop_to_multiple, decode_latent, encode_image
+from engine.imaging import LatentFormat, crop_to_multiple, decode_latent, encode_image
 from engine.inpaint import inpaint_prompt
 from engine.options import NO_MODEL
 from engine.plan import Plan, refiner_switch_step
@@ -28,6 +28,7 @@ from engine.run_inpaint import InpaintRun
 from engine.run_metadata import image_metadata, model_hashes
 from engine.run_sampling import sample_with_refiner, sampler_sigmas
 from engine.sampling import (
+    PLAYGROUND_SCHEDULER,
     Denoiser,
     NoiseSchedule,
     StepCallback,
@@ -108,6 +109,8 @@ class RequestRun:
         self.denoise = 1.0
         self.init_latent: torch.Tensor | None = None
         self.tiled_vae = False
+        # Set once the base model is loaded; Playground's when sampling with its EDM scheduler.
+        self.latent_format: LatentFormat | None = None
         self.inpaint: InpaintRun | None = None
         self.add_ons = ImagePromptAddOns(None, None)
 
@@ -126,6 +129,9 @@ class RequestRun:
             vae_name=request.vae_name,
             loras=plan.loras,
             on_message=self._message,
+        )
+        self.latent_format = LatentFormat.of_vae(
+            components.vae, playground=plan.scheduler == PLAYGROUND_SCHEDULER
         )
         refiner = None
         if plan.refiner != NO_MODEL:
@@ -182,7 +188,12 @@ class RequestRun:
         """Prepare the inpaint engine; sample its crop, from its fill unless asked otherwise."""
         request = self.request
         self.inpaint = InpaintRun.prepare(
-            self.engine.manager, request, components, self._super_resolve, self._message
+            self.engine.manager,
+            request,
+            components,
+            self._super_resolve,
+            self._message,
+            latent_format=self.latent_format,
         )
         self.init_latent = None if request.inpaint_disable_initial_latent else self.inpaint.fill
         self.denoise = self.inpaint.input.denoise
@@ -200,7 +211,9 @@ class RequestRun:
         image = crop_to_multiple(prepared.image)
         self.report(LOADING_PROGRESS, "VAE encoding ...")
         with torch.inference_mode():
-            self.init_latent = encode_image(components, image, tiled=prepared.tiled)
+            self.init_latent = encode_image(
+                components, image, tiled=prepared.tiled, latent_format=self.latent_format
+            )
         width, height = image.size
         self.request = dataclasses.replace(request, width=width, height=height)
         self.steps = prepared.steps
@@ -291,7 +304,9 @@ class RequestRun:
                 continue
             except TaskStopped:
                 return EngineResult(tuple(self.images), stopped=True)
-            image = decode_latent(components, latent, tiled=self.tiled_vae)
+            image = decode_latent(
+                components, latent, tiled=self.tiled_vae, latent_format=self.latent_format
+            )
             if self.inpaint is not None:
                 image = self.inpaint.paste_back(image, components.native_size)
             if request.black_out_nsfw:
@@ -398,12 +413,17 @@ class RequestRun:
         fraction = min(self.done_steps / max(self.total_steps, 1), 1.0)
         return PREPARED_PROGRESS + int((LAST_PROGRESS - PREPARED_PROGRESS) * fraction)
 
+    def _preview(self, denoised: torch.Tensor) -> Image.Image:
+        """The step preview; its colour map is SDXL's, so other latent formats are converted."""
+        fmt = self.latent_format
+        return latent_preview(denoised if fmt is None else fmt.to_sdxl(denoised))
+
     def _step_callback(self, index: int, count: int, steps: int) -> StepCallback:
         def on_step(step: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
             # dpm_adaptive and restart take more steps than asked; progress stops at the image.
             shown = min(step + 1, steps)
             self.done_steps = index * steps + shown
-            preview = None if self.request.disable_preview else latent_preview(denoised)
+            preview = None if self.request.disable_preview else self._preview(denoised)
             message = f"Sampling step {shown}/{steps}, image {index + 1}/{count} ..."
             self.report(self._step_progress(), message, preview)
             action = self.poll()

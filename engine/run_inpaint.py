@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from engine.components import SDXLComponents
-from engine.imaging import encode_image
+from engine.imaging import LatentFormat, encode_image
 from engine.inpaint import InpaintInput, paste_back, prepare_inpaint
 from engine.inpaint_model import (
     INPAINT_FOLDER,
@@ -69,6 +69,8 @@ class InpaintRun:
         components: SDXLComponents,
         super_resolve: Callable[[Image.Image], Image.Image],
         on_message: Callable[[str], None],
+        *,
+        latent_format: LatentFormat | None = None,
     ) -> InpaintRun:
         """Mask, crop and encode the inpaint input; load the inpaint engine's patch and head."""
         prepared = prepare_inpaint(request, components.native_size, super_resolve)
@@ -78,8 +80,8 @@ class InpaintRun:
         crop[prepared.crop_mask > 127] = 127
         head = None
         with torch.inference_mode():
-            fill = encode_image(components, prepared.crop_fill)
-            masked = encode_image(components, Image.fromarray(crop))
+            fill = encode_image(components, prepared.crop_fill, latent_format=latent_format)
+            masked = encode_image(components, Image.fromarray(crop), latent_format=latent_format)
             cells = latent_mask(mask, (fill.shape[2], fill.shape[3]))
             if request.inpaint_engine != NO_MODEL:
                 path = manager.require(INPAINT_FOLDER, INPAINT_HEAD_FILE, on_message)

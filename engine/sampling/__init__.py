@@ -18,7 +18,9 @@ from engine.sampling.samplers import (
     sample,
 )
 from engine.sampling.schedules import (
+    PLAYGROUND_SCHEDULER,
     SUPPORTED_SCHEDULERS,
+    EdmNoiseSchedule,
     NoiseSchedule,
     build_sigmas,
     check_scheduler,
@@ -27,11 +29,13 @@ from engine.sampling.schedules import (
 )
 
 __all__ = [
+    "PLAYGROUND_SCHEDULER",
     "SAMPLER_SPECS",
     "SUPPORTED_SAMPLERS",
     "SUPPORTED_SCHEDULERS",
     "BrownianNoise",
     "Denoiser",
+    "EdmNoiseSchedule",
     "GaussianNoise",
     "NoiseSampler",
     "NoiseSchedule",

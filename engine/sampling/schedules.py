@@ -2,8 +2,10 @@
 
 Everything here follows Fooocus 2.5.5 (reference §2.2-2.3): a discrete, eps-predicting model trained
 on 1000 timesteps with "scaled linear" betas. A :class:`NoiseSchedule` maps between sigmas and UNet
-timesteps and turns the model's eps into a denoised estimate; :func:`build_sigmas` makes the
-``steps + 1`` sigmas a sampler walks through (the last one is always 0).
+timesteps, scales the UNet's input and turns its output into a denoised estimate;
+:class:`EdmNoiseSchedule` is the continuous EDM variant Playground v2.5 was trained with.
+:func:`build_sigmas` makes the ``steps + 1`` sigmas a sampler walks through (the last one is
+always 0).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import math
 
 import torch
 
-from engine.types import EngineInputError, FeatureNotSupportedError
+from engine.types import EngineInputError
 
 TRAINING_STEPS = 1000
 BETA_START = 0.00085
@@ -24,6 +26,12 @@ LCM_SIGMA_DATA = 0.5
 LCM_TIMESTEP_SCALING = 10.0
 TURBO_MAX_STEPS = 10
 # NVIDIA's "Align Your Steps" noise levels for SDXL (from the AYS paper's published table).
+# Fooocus's EDM model sampling for Playground v2.5 (ComfyUI's ModelSamplingContinuousEDM with
+# sampling "edm_playground_v2.5", sigma_max 120, sigma_min 0.002).
+PLAYGROUND_SCHEDULER = "edm_playground_v2.5"
+EDM_SIGMA_MIN = 0.002
+EDM_SIGMA_MAX = 120.0
+EDM_SIGMA_DATA = 0.5
 AYS_SDXL_SIGMAS: tuple[float, ...] = (
     14.6146,
     6.3184,
@@ -49,6 +57,7 @@ SUPPORTED_SCHEDULERS: tuple[str, ...] = (
     "tcd",
     "turbo",
     "align_your_steps",
+    PLAYGROUND_SCHEDULER,
 )
 
 
@@ -90,8 +99,9 @@ class NoiseSchedule:
         """The largest sigma the model knows (pure noise)."""
         return float(self.sigmas[-1])
 
-    def timestep(self, sigma: float) -> int:
-        """The integer training timestep whose sigma is nearest to ``sigma`` in log space."""
+    def timestep(self, sigma: float) -> float:
+        """The UNet's timestep for ``sigma``: the integer training timestep whose sigma is nearest
+        in log space. Fooocus also measures progress (1 - t/999) and the ADM switch with it."""
         index = int((math.log(sigma) - self.log_sigmas).abs().argmin())
         return index * self.stride + (self.stride - 1)
 
@@ -105,6 +115,10 @@ class NoiseSchedule:
         log_sigma = (1.0 - frac) * float(self.log_sigmas[low]) + frac * float(self.log_sigmas[high])
         return math.exp(log_sigma)
 
+    def input_scale(self, sigma: float) -> float:
+        """The factor c_in the UNet's input is scaled by: 1/sqrt(sigma² + 1) (unit-variance x_t)."""
+        return 1.0 / math.sqrt(sigma**2 + 1.0)
+
     def denoised(self, x: torch.Tensor, sigma: float, eps: torch.Tensor) -> torch.Tensor:
         """The model's x0 estimate from its eps prediction at ``sigma``."""
         x0 = x - sigma * eps
@@ -116,13 +130,76 @@ class NoiseSchedule:
         return c_out * x0 + c_skip * x
 
 
+class EdmNoiseSchedule(NoiseSchedule):
+    """EDM model sampling (Karras et al. 2022) as Playground v2.5 uses it: continuous sigma.
+
+    The UNet sees c_in·x with c_in = 1/sqrt(σ² + σd²) at timestep c_noise = 0.25·ln σ, and its
+    output F is an eps-type prediction (diffusers' ``prediction_type="epsilon"``; ComfyUI's
+    ``EDM``): denoised = c_skip·x + c_out·F with c_skip = σd²/(σ² + σd²) and
+    c_out = σ·σd/sqrt(σ² + σd²). ``sigmas`` is a 1000-point log-uniform grid over
+    [sigma_min, sigma_max], as in ComfyUI, for the rules that read a table.
+    """
+
+    def __init__(
+        self,
+        *,
+        sigma_min: float = EDM_SIGMA_MIN,
+        sigma_max: float = EDM_SIGMA_MAX,
+        sigma_data: float = EDM_SIGMA_DATA,
+    ) -> None:
+        super().__init__()
+        self._sigma_min = sigma_min
+        self._sigma_max = sigma_max
+        self.sigma_data = sigma_data
+        grid = torch.linspace(math.log(sigma_min), math.log(sigma_max), TRAINING_STEPS)
+        self.sigmas = grid.exp()
+        self.log_sigmas = grid
+
+    @property
+    def sigma_min(self) -> float:
+        """The smallest sigma of the model sampling (0.002)."""
+        return self._sigma_min
+
+    @property
+    def sigma_max(self) -> float:
+        """The largest sigma of the model sampling (120, as Fooocus sets it)."""
+        return self._sigma_max
+
+    def timestep(self, sigma: float) -> float:
+        """c_noise = 0.25·ln σ, the UNet's (continuous) timestep.
+
+        Fooocus feeds the same value to its progress (1 - t/999) and ADM switch
+        (t > 999·(1 - adm_scaler_end)), so on EDM progress stays ~1 and the ADM switch never
+        picks the emphasized size ids; :class:`~engine.guidance.FooocusDenoiser` does the same.
+        """
+        return 0.25 * math.log(sigma)
+
+    def sigma(self, timestep: float) -> float:
+        """The inverse of :meth:`timestep`: exp(4·t)."""
+        return math.exp(4.0 * timestep)
+
+    def input_scale(self, sigma: float) -> float:
+        """c_in = 1/sqrt(σ² + σd²)."""
+        return 1.0 / math.sqrt(sigma**2 + self.sigma_data**2)
+
+    def denoised(self, x: torch.Tensor, sigma: float, eps: torch.Tensor) -> torch.Tensor:
+        """c_skip·x + c_out·F for the UNet output F at ``sigma``."""
+        total = sigma**2 + self.sigma_data**2
+        c_skip = self.sigma_data**2 / total
+        c_out = sigma * self.sigma_data / math.sqrt(total)
+        return c_skip * x + c_out * eps
+
+
 def schedule_for(scheduler_name: str) -> tuple[NoiseSchedule, str]:
     """The noise schedule a scheduler name implies, and the sigma-list rule to use with it.
 
     Fooocus turns the ``lcm`` and ``tcd`` schedulers into ``sgm_uniform`` on a distilled model
-    sampling (LCM output for ``lcm``, plain eps for ``tcd``); every other name keeps the plain one.
+    sampling (LCM output for ``lcm``, plain eps for ``tcd``) and ``edm_playground_v2.5`` into
+    ``karras`` on EDM model sampling; every other name keeps the plain one.
     """
     check_scheduler(scheduler_name)
+    if scheduler_name == PLAYGROUND_SCHEDULER:
+        return EdmNoiseSchedule(), "karras"
     if scheduler_name == "lcm":
         return NoiseSchedule(distilled=True, lcm_output=True), "sgm_uniform"
     if scheduler_name == "tcd":
@@ -132,12 +209,6 @@ def schedule_for(scheduler_name: str) -> tuple[NoiseSchedule, str]:
 
 def check_scheduler(scheduler_name: str, steps: int | None = None) -> None:
     """Raise the typed error for a scheduler this engine cannot run (with ``steps`` if known)."""
-    if scheduler_name == "edm_playground_v2.5":
-        raise FeatureNotSupportedError(
-            "scheduler_name",
-            "scheduler 'edm_playground_v2.5' is not supported yet "
-            "(it needs a Playground v2.5 model)",
-        )
     if scheduler_name not in SUPPORTED_SCHEDULERS:
         raise EngineInputError("scheduler_name", f"unknown scheduler '{scheduler_name}'")
     if scheduler_name == "turbo" and steps is not None and steps > TURBO_MAX_STEPS:
@@ -151,13 +222,16 @@ def build_sigmas(scheduler_name: str, steps: int, schedule: NoiseSchedule) -> to
     """The sigmas (float32, descending, last one 0) the sampler walks for ``steps`` steps.
 
     ``scheduler_name`` is the rule returned by :func:`schedule_for` (``lcm``/``tcd`` already
-    mapped to ``sgm_uniform``). Usually ``steps + 1`` values; ``ddim_uniform`` can give one more
-    when 1000 is not a multiple of ``steps``, as in Fooocus.
+    mapped to ``sgm_uniform``, ``edm_playground_v2.5`` to ``karras``). Usually ``steps + 1``
+    values; ``ddim_uniform`` can give one more when 1000 is not a multiple of ``steps``, as in
+    Fooocus.
     """
     check_scheduler(scheduler_name, steps)
     if steps < 1:
         raise EngineInputError("steps", "at least one sampling step is needed")
     rule = "sgm_uniform" if scheduler_name in ("lcm", "tcd") else scheduler_name
+    if scheduler_name == PLAYGROUND_SCHEDULER:
+        rule = "karras"
     values = _SCHEDULERS[rule](steps, schedule)
     return torch.tensor([*values, 0.0], dtype=torch.float32)
 

@@ -188,8 +188,12 @@ def test_legacy_fooocus_api_fields_are_accepted(server: LiveServer) -> None:
         ({"metadata_scheme": "a111"}, "metadata_scheme"),
         ({"controlnet_image": [{"cn_img": "", "cn_type": "Bogus"}]}, "controlnet_image"),
         (
-            {"scheduler_name": "edm_playground_v2.5", "performance_selection": "Speed"},
-            "scheduler_name",
+            {
+                "scheduler_name": "edm_playground_v2.5",
+                "sampler_name": "tcd",
+                "performance_selection": "Speed",
+            },
+            "sampler_name",
         ),
     ],
 )

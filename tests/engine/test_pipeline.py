@@ -240,7 +240,6 @@ def test_performance_steps(engine: Engine, performance: str, steps: int) -> None
     ("changes", "field", "unsupported"),
     [
         ({"sampler_name": "made_up"}, "sampler_name", False),
-        ({"scheduler_name": "edm_playground_v2.5"}, "scheduler_name", True),
         ({"style_selections": ("Fooocus V2",)}, "style_selections", False),  # no model files
         ({"style_selections": ("Nope",)}, "style_selections", False),
         ({"refiner_model_name": "other.safetensors"}, "refiner_model_name", False),
