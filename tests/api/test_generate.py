@@ -13,7 +13,7 @@ import requests
 from PIL import Image
 
 from engine.metadata import read_image_metadata
-from tests.server import LiveServer
+from tests.server import LiveServer, start_server
 
 LIGHTNING = {"performance_selection": "Lightning"}
 
@@ -287,3 +287,26 @@ def test_output_file_is_written_atomically_into_a_date_folder(server: LiveServer
     assert len(day) == 10
     assert name.startswith(day + "_")
     assert not list(Path(server.outputs / day).glob(".tmp-*"))
+
+
+def test_same_seed_gives_the_same_bytes_across_a_server_restart(
+    tmp_path: Path, demo_models: Path
+) -> None:
+    body = {
+        "prompt": "a red fox in the snow",
+        "performance_selection": "Speed",
+        "overwrite_step": 6,
+        "image_seed": 424242,
+        "save_metadata_to_images": False,
+    }
+
+    def once(home: Path) -> bytes:
+        live = start_server(home, demo_models)
+        try:
+            response = generate(live, body)
+            assert response.status_code == 200
+            return response.content
+        finally:
+            live.stop()
+
+    assert once(tmp_path / "first") == once(tmp_path / "second")
