@@ -189,6 +189,14 @@ class GenerateConsumer(AsyncHttpConsumer):
                     503, {"detail": str(exc)}, [(b"Retry-After", str(_retry_after()).encode())]
                 )
                 return
+            except Exception:
+                # Nothing was queued (the row is written last, in one transaction): say so in
+                # the API's error shape and keep the traceback in the log.
+                logger.exception("could not queue a generate request")
+                await self.send_json(
+                    500, {"detail": "internal error while queueing the request; nothing was queued"}
+                )
+                return
             task_header = [(b"X-Task-Id", task.task_id.encode())]
             if wants_stream or task.req_params.get("stream_output"):
                 await self._stream(task, channel, base, task_header)
