@@ -18,14 +18,11 @@ from django.views.decorators.http import require_POST
 
 from generation.control import task_cancel_and_notify
 from generation.events import live_get
+from generation.presenters import epoch_mills
 from history import selectors
 from history.models import Task
 
 PENDING_SHOWN = 50
-
-
-def _mills(moment: Any) -> int | None:
-    return int(moment.timestamp() * 1000) if moment is not None else None
 
 
 def _queue_entry(task: Task, *, live: bool) -> dict[str, Any]:
@@ -42,8 +39,8 @@ def _queue_entry(task: Task, *, live: bool) -> dict[str, Any]:
         "performance": params.get("performance_selection") or "",
         "aspect_ratio": params.get("aspect_ratios_selection") or "",
         "image_number": params.get("image_number") or 1,
-        "in_queue_mills": _mills(task.created_at),
-        "start_mills": _mills(task.started_at),
+        "in_queue_mills": epoch_mills(task.created_at),
+        "start_mills": epoch_mills(task.started_at),
         "progress": progress,
         "message": (state or {}).get("message") or ("Waiting in queue" if not live else ""),
         "preview": (state or {}).get("preview"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.http import HttpRequest
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
@@ -18,7 +19,8 @@ class NotAuthenticated401(exceptions.APIException):
     default_code = "not_authenticated"
 
 
-def _headers(request: Request) -> dict[str, str]:
+def request_headers(request: Request | HttpRequest) -> dict[str, str]:
+    """Header names lower-cased, as :func:`generation.access.authenticate` reads them."""
     return {key.lower(): value for key, value in request.headers.items()}
 
 
@@ -27,7 +29,7 @@ class ApiKeyAuthentication(BaseAuthentication):
 
     def authenticate(self, request: Request) -> tuple[Caller, None]:
         try:
-            return authenticate(_headers(request)), None
+            return authenticate(request_headers(request)), None
         except AuthError as exc:
             raise (NotAuthenticated401 if exc.status == 401 else exceptions.PermissionDenied)(
                 exc.message

@@ -30,7 +30,7 @@ from generation.events import stream_event, task_group
 from generation.exceptions import validation_error_body
 from generation.middleware import cors_headers
 from generation.presenters import output_url, public_base, task_object
-from generation.submit import submit_generate
+from generation.submit import RETRY_AFTER_SECONDS, submit_generate
 from history.files import resolve_output
 from history.models import ENDED_STATUSES, Task, TaskStatus
 from history.selectors import task_get
@@ -58,16 +58,17 @@ def in_thread(func: Callable[..., T]) -> Callable[..., Awaitable[T]]:
     )
 
 
-def _header(scope: dict[str, Any], name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key.lower() == name:
-            return bytes(value).decode("latin-1")
-    return None
+def scope_headers(scope: dict[str, Any]) -> dict[str, str]:
+    """The request's headers, names lower-cased (a repeated header keeps its last value)."""
+    return {
+        bytes(key).decode("latin-1").lower(): bytes(value).decode("latin-1")
+        for key, value in scope.get("headers", [])
+    }
 
 
 def request_base(scope: dict[str, Any]) -> str:
     """``scheme://host[:port]`` as the client reached us."""
-    host = _header(scope, b"host")
+    host = scope_headers(scope).get("host")
     if not host:
         server = scope.get("server") or ("127.0.0.1", 7866)
         host = f"{server[0]}:{server[1]}"
@@ -109,7 +110,7 @@ class GenerateConsumer(AsyncHttpConsumer):
 
     async def send_headers(self, *, status: int = 200, headers: Any = None) -> None:
         extra = [(b"X-Content-Type-Options", b"nosniff"), (b"Referrer-Policy", b"same-origin")]
-        origin = _header(self.scope, b"origin")
+        origin = scope_headers(self.scope).get("origin")
         extra += [(k.encode(), v.encode()) for k, v in cors_headers(origin)]
         await super().send_headers(status=status, headers=[*(headers or []), *extra])
 
@@ -131,10 +132,7 @@ class GenerateConsumer(AsyncHttpConsumer):
                 405, {"detail": "Method not allowed; POST a JSON body"}, [(b"Allow", b"POST")]
             )
             return
-        headers = {
-            bytes(k).decode("latin-1").lower(): bytes(v).decode("latin-1")
-            for k, v in self.scope.get("headers", [])
-        }
+        headers = scope_headers(self.scope)
         try:
             caller = await in_thread(authenticate)(headers)
             require_scope(caller, "generate")
@@ -159,7 +157,7 @@ class GenerateConsumer(AsyncHttpConsumer):
                 },
             )
             return
-        image_format = image_format_from_accept(_header(self.scope, b"accept"))
+        image_format = image_format_from_accept(headers.get("accept"))
         wants_stream = isinstance(data, dict) and _flag(data.get("stream_output"))
         wants_async = isinstance(data, dict) and _flag(data.get("async_process"))
         binary = image_format is not None and not wants_stream and not wants_async
@@ -186,7 +184,7 @@ class GenerateConsumer(AsyncHttpConsumer):
                 return
             except QueueFullError as exc:
                 await self.send_json(
-                    503, {"detail": str(exc)}, [(b"Retry-After", str(_retry_after()).encode())]
+                    503, {"detail": str(exc)}, [(b"Retry-After", str(RETRY_AFTER_SECONDS).encode())]
                 )
                 return
             except Exception:
@@ -340,7 +338,3 @@ def _final_event(task: Task, base: str) -> dict[str, Any]:
         message=message,
         images=[output_url(public_base(base), r) for r in task.result],
     )
-
-
-def _retry_after() -> int:
-    return 10

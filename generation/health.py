@@ -18,6 +18,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from rest_framework import status
 
 from generation.access import AuthError, authenticate, require_scope
+from generation.auth import request_headers
 from history import selectors
 
 logger = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ def metrics(request: HttpRequest) -> HttpResponse:
     Once API keys are on it needs an ``admin`` key (Prometheus sends it as a bearer token):
     task counts and worker names are not for everybody."""
     try:
-        caller = authenticate({k.lower(): v for k, v in request.headers.items()})
+        caller = authenticate(request_headers(request))
         require_scope(caller, "admin")
     except AuthError as exc:
         return JsonResponse({"detail": exc.message}, status=exc.status)

@@ -20,7 +20,8 @@ def public_base(request_base: str) -> str:
     return settings.FOOOCUS_PUBLIC_URL or request_base.rstrip("/")
 
 
-def _mills(moment: Any) -> int | None:
+def epoch_mills(moment: Any) -> int | None:
+    """Epoch milliseconds, the API's time format (None stays None)."""
     return int(moment.timestamp() * 1000) if moment is not None else None
 
 
@@ -68,9 +69,9 @@ def task_object(
         "id": task.pk,
         "task_id": task.task_id,
         "req_params": _absolute_params(task.req_params, base),
-        "in_queue_mills": _mills(task.created_at),
-        "start_mills": _mills(task.started_at),
-        "finish_mills": _mills(task.finished_at),
+        "in_queue_mills": epoch_mills(task.created_at),
+        "start_mills": epoch_mills(task.started_at),
+        "finish_mills": epoch_mills(task.finished_at),
         "task_status": task.status,
         "progress": progress,
         "preview": live.get("preview") if live else None,
@@ -85,7 +86,7 @@ def task_object(
             {
                 "attempt": delivery.attempt,
                 "url": delivery.url,
-                "at_mills": _mills(delivery.attempted_at),
+                "at_mills": epoch_mills(delivery.attempted_at),
                 "status_code": delivery.status_code,
                 "ok": delivery.ok,
                 "error": delivery.error or None,

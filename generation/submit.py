@@ -16,6 +16,9 @@ from generation.worker import wake_workers
 from history import services
 from history.models import Task
 
+# What a client refused for a full queue (its own or the server's) is told to wait.
+RETRY_AFTER_SECONDS = 10
+
 # The engine names its request's fields; a 422 names the API's field the client sent.
 ENGINE_TO_API_FIELDS = {
     "inpaint_mask_image": "inpaint_mask_image_upload",
@@ -61,6 +64,6 @@ def submit_generate(
             on_commit=lambda _task: wake_workers(),
         )
     except services.KeyQueueFullError as exc:
-        raise RateLimited(str(exc), retry_after=10) from exc
+        raise RateLimited(str(exc), retry_after=RETRY_AFTER_SECONDS) from exc
     send_webhook_event(task, "queued")
     return task

@@ -8,7 +8,6 @@ import os
 import random
 import re
 import tempfile
-from datetime import datetime
 from pathlib import Path
 
 from django.conf import settings
@@ -108,7 +107,3 @@ def output_files_delete(relative_paths: list[str]) -> int:
             path.unlink(missing_ok=True)
             removed += 1
     return removed
-
-
-def day_of(moment: datetime) -> str:
-    return timezone.localtime(moment).strftime("%Y-%m-%d")

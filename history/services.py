@@ -226,27 +226,6 @@ def task_delete(*, task: Task) -> int:
     return output_files_delete(result)
 
 
-def task_requeue_orphans(*, worker_prefix: str = "", max_attempts: int = 3) -> int:
-    """Put tasks left ``running`` by a dead worker back in the queue (or fail them past the limit).
-
-    Called when a worker starts. In the embedded mode every running row belongs to a previous
-    process of this server, since only one worker exists.
-    """
-    orphans = Task.objects.filter(status=TaskStatus.RUNNING)
-    if worker_prefix:
-        orphans = orphans.filter(worker__startswith=worker_prefix)
-    now = timezone.now()
-    failed = orphans.filter(attempts__gte=max_attempts).update(
-        status=TaskStatus.FAILED,
-        finished_at=now,
-        error=f"the worker running this task died {max_attempts} times; giving up",
-    )
-    requeued = orphans.update(status=TaskStatus.PENDING, started_at=None, worker="")
-    if requeued or failed:
-        logger.warning("re-queued %d and failed %d orphaned running tasks", requeued, failed)
-    return requeued
-
-
 @dataclass(frozen=True)
 class RequeueOutcome:
     """What a sweep did: task ids put back in the queue, and the tasks failed past the limit."""

@@ -105,19 +105,6 @@ def test_delete_range_keeps_waiting_and_running_and_removes_files() -> None:
     assert resolve_output(day, name) is None
 
 
-def test_requeue_orphans_until_the_attempt_limit() -> None:
-    young = make(TaskStatus.RUNNING, attempts=1, worker="old")
-    old = make(TaskStatus.RUNNING, attempts=3, worker="old")
-    assert services.task_requeue_orphans(max_attempts=3) == 1
-    young.refresh_from_db()
-    old.refresh_from_db()
-    assert young.status == TaskStatus.PENDING
-    assert young.worker == ""
-    assert young.started_at is None
-    assert old.status == TaskStatus.FAILED
-    assert "3 times" in old.error
-
-
 def test_selectors_order_and_paginate() -> None:
     tasks = [make(TaskStatus.FINISHED) for _ in range(5)]
     pending = [make() for _ in range(3)]
