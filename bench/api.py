@@ -75,7 +75,7 @@ def main() -> None:
     server = None
     url = args.url
     if not url:
-        from engine.demo import create_demo_models
+        from engine.demo.writer import create_demo_models
 
         home = Path(tempfile.mkdtemp(prefix="bench-api-"))
         create_demo_models(home / "models")

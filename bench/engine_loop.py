@@ -26,12 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
-from engine.components import SDXL_CONFIG_DIR, SDXLComponents
 from engine.config import EngineConfig
-from engine.demo import DEMO_CHECKPOINT, create_demo_models
+from engine.demo.writer import DEMO_CHECKPOINT, create_demo_models
 from engine.guidance import AdmTimeIds, FooocusDenoiser, GuidanceSettings
-from engine.models import ModelManager
-from engine.prompts import PromptEncoder
+from engine.models.components import SDXL_CONFIG_DIR, SDXLComponents
+from engine.models.manager import ModelManager
+from engine.prompts.encoding import PromptEncoder
 from engine.sampling import build_sigmas, initial_noise, sample, schedule_for
 
 STEP_COUNTS = (10, 30)

@@ -27,7 +27,7 @@ from engine.types import (
 )
 
 if TYPE_CHECKING:
-    from engine.metadata import encode_image
+    from engine.output.metadata import encode_image_file
     from engine.pipeline import Engine
 
 __all__ = [
@@ -47,7 +47,7 @@ __all__ = [
     "StopAction",
     "StopPoll",
     "TaskStopped",
-    "encode_image",
+    "encode_image_file",
 ]
 
 
@@ -57,8 +57,8 @@ def __getattr__(name: str) -> Any:
         from engine.pipeline import Engine
 
         return Engine
-    if name == "encode_image":
-        from engine.metadata import encode_image
+    if name == "encode_image_file":
+        from engine.output.metadata import encode_image_file
 
-        return encode_image
+        return encode_image_file
     raise AttributeError(f"module 'engine' has no attribute {name!r}")

@@ -10,21 +10,14 @@ through the caller's callbacks; the engine never learns who listens.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Protocol
-
 import torch
 
-from engine.components import SDXLComponents
 from engine.config import EngineConfig
-from engine.embeddings import EMBEDDINGS_FOLDER, EmbeddingLibrary
-from engine.expansion import EXPANSION_FILES, EXPANSION_FOLDER, PromptExpansion
-from engine.image_prompts import FIELD as IMAGE_PROMPT_FIELD
-from engine.image_prompts import ImagePromptModels, required_files, resolve_slots
-from engine.inpaint import prepare_mask
-from engine.inpaint_model import INPAINT_FOLDER, INPAINT_HEAD_FILE, INPAINT_PATCH_FILES
-from engine.metadata import FileHasher
+from engine.image_prompts.slots import FIELD as IMAGE_PROMPT_FIELD
+from engine.image_prompts.slots import ImagePromptModels, required_files, resolve_slots
+from engine.inpaint.mask import prepare_mask
+from engine.inpaint.patch import INPAINT_FOLDER, INPAINT_HEAD_FILE, INPAINT_PATCH_FILES
+from engine.models.source import Message, ModelSource
 from engine.options import (
     DEFAULT_VAE,
     INPAINT_ENGINES,
@@ -34,12 +27,15 @@ from engine.options import (
     PERFORMANCES,
     UOV_METHODS,
 )
+from engine.output.metadata import FileHasher
+from engine.output.safety import SAFETY_FILE, SAFETY_FOLDER, SafetyFilter
 from engine.plan import Plan, plan_request
-from engine.prompt_syntax import Wildcards
-from engine.run import RequestRun
-from engine.safety import SAFETY_FILE, SAFETY_FOLDER, SafetyFilter
+from engine.prompts.embeddings import EMBEDDINGS_FOLDER, EmbeddingLibrary
+from engine.prompts.expansion import EXPANSION_FILES, EXPANSION_FOLDER, PromptExpansion
+from engine.prompts.styles import FOOOCUS_V2, StyleLibrary
+from engine.prompts.syntax import Wildcards
+from engine.run import RequestRun, RunResources
 from engine.sampling import check_scheduler, get_sampler
-from engine.styles import FOOOCUS_V2, StyleLibrary
 from engine.types import (
     EngineInputError,
     EngineRequest,
@@ -48,40 +44,14 @@ from engine.types import (
     FeatureNotSupportedError,
     StopPoll,
 )
-from engine.uov import CUSTOM_UPSCALE, MAX_UPSCALE, MIN_UPSCALE, is_upscale
-from engine.upscaler import UPSCALER_FILE, UPSCALER_FOLDER, Upscaler, UpscalerFormatError
+from engine.uov.rules import CUSTOM_UPSCALE, MAX_UPSCALE, MIN_UPSCALE, is_upscale
+from engine.uov.upscaler import UPSCALER_FILE, UPSCALER_FOLDER, Upscaler, UpscalerFormatError
 
 LATENT_SCALE = 8
-Message = Callable[[str], None]
 
 
 # Samplers that step on the 1000 training timesteps of a discrete-time (eps) model.
 DISCRETE_TIME_SAMPLERS = frozenset({"tcd", "lcm"})
-
-
-class ModelSource(Protocol):
-    """What the engine needs from the model manager (:class:`engine.models.ModelManager`)."""
-
-    def require(self, folder: str, filename: str, on_message: Message | None = None) -> Path: ...
-
-    def list_files(self, folder: str) -> list[str]: ...
-
-    def load_base(
-        self,
-        name: str,
-        *,
-        vae_name: str = DEFAULT_VAE,
-        loras: Sequence[tuple[str, float]] = (),
-        on_message: Message | None = None,
-    ) -> SDXLComponents: ...
-
-    def load_refiner(
-        self,
-        name: str,
-        *,
-        loras: Sequence[tuple[str, float]] = (),
-        on_message: Message | None = None,
-    ) -> SDXLComponents: ...
 
 
 def pick_device(setting: str) -> torch.device:
@@ -99,7 +69,7 @@ class Engine:
         self.device = pick_device(config.device)
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         if manager is None:
-            from engine.models import ModelManager
+            from engine.models.manager import ModelManager
 
             manager = ModelManager(config, self.device, self.dtype)
         self.manager: ModelSource = manager
@@ -319,4 +289,19 @@ class Engine:
         so far with ``stopped=True``; "skip" drops the current image and goes on.
         """
         self.check(request)
-        return RequestRun(self, request, on_event, should_stop).execute()
+        return RequestRun(self.resources(), request, on_event, should_stop).execute()
+
+    def resources(self) -> RunResources:
+        """What one request's run may use: the models, the prompt libraries and the lazily loaded
+        helper models (loaded once, kept for later requests)."""
+        return RunResources(
+            models=self.manager,
+            hasher=self.hasher,
+            style_library=self.style_library,
+            wildcards=self.wildcards,
+            embedding_library=self.embedding_library,
+            expansion_model=self.expansion_model,
+            image_prompt_models=self.image_prompt_models,
+            upscaler=self.upscaler,
+            safety_filter=self.safety_filter,
+        )

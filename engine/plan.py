@@ -8,9 +8,9 @@ from pathlib import Path
 
 from engine.guidance import GuidanceSettings
 from engine.options import MAX_LORAS, NO_MODEL, PERFORMANCES
-from engine.prompt_syntax import extract_lora_tags, merge_prompt_loras
-from engine.prompts import split_lines
-from engine.tasks import PromptLines
+from engine.prompts.encoding import split_lines
+from engine.prompts.per_image import PromptLines
+from engine.prompts.syntax import extract_lora_tags, merge_prompt_loras
 from engine.types import EngineInputError, EngineRequest
 
 

@@ -1,32 +1,36 @@
 """One ``Engine.generate`` call: load, then per image prompt → encode → sample → decode → check.
 
-The pieces live beside it: :mod:`engine.run_inpaint` (the inpaint engine), :mod:`engine.uov`
-(Vary/Upscale), :mod:`engine.run_sampling` (the refiner swap) and :mod:`engine.run_metadata`.
+The pieces live beside it: :mod:`engine.inpaint.run` (the inpaint engine), :mod:`engine.uov.rules`
+(Vary/Upscale), :mod:`engine.refiner` (the refiner swap) and :mod:`engine.output.image_metadata`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
 
-from engine.components import SDXLComponents
 from engine.freeu import freeu
 from engine.guidance import AdmTimeIds, FooocusDenoiser, TextConditioning, UNetAddOn
-from engine.image_prompts import ImagePromptAddOns, build_add_ons, preprocessed_maps
-from engine.imaging import LatentFormat, crop_to_multiple, decode_latent, encode_image
-from engine.inpaint import inpaint_prompt
+from engine.image_prompts.slots import ImagePromptAddOns, build_add_ons, preprocessed_maps
+from engine.imaging import crop_to_multiple
+from engine.inpaint.mask import inpaint_prompt
+from engine.inpaint.run import InpaintRun
+from engine.models.components import SDXLComponents
 from engine.options import NO_MODEL
-from engine.plan import Plan, refiner_switch_step
-from engine.preview import latent_preview
-from engine.prompts import PromptEncoder
-from engine.run_inpaint import InpaintRun
-from engine.run_metadata import image_metadata, model_hashes
-from engine.run_sampling import sample_with_refiner, sampler_sigmas
+from engine.output.image_metadata import image_metadata, model_hashes
+from engine.output.preview import latent_preview
+from engine.plan import Plan, plan_request, refiner_switch_step
+from engine.prompts.encoding import PromptEncoder
+from engine.prompts.per_image import Expand, build_image_task
+from engine.prompts.styles import FOOOCUS_V2
+from engine.refiner import sample_with_refiner, sampler_sigmas
 from engine.sampling import (
     PLAYGROUND_SCHEDULER,
     Denoiser,
@@ -37,8 +41,6 @@ from engine.sampling import (
     scale_initial_noise,
     schedule_for,
 )
-from engine.styles import FOOOCUS_V2
-from engine.tasks import Expand, build_image_task
 from engine.types import (
     EngineEvent,
     EngineInputError,
@@ -49,10 +51,19 @@ from engine.types import (
     StopPoll,
     TaskStopped,
 )
-from engine.uov import UovInput, direct_metadata, prepare_uov, tail_sigmas
+from engine.uov.rules import UovInput, direct_metadata, prepare_uov, tail_sigmas
+from engine.vae import LatentFormat, decode_latent, encode_to_latent
 
 if TYPE_CHECKING:
-    from engine.pipeline import Engine
+    from engine.image_prompts.slots import ImagePromptModels
+    from engine.models.source import Message, ModelSource
+    from engine.output.metadata import FileHasher
+    from engine.output.safety import SafetyFilter
+    from engine.prompts.embeddings import EmbeddingLibrary
+    from engine.prompts.expansion import PromptExpansion
+    from engine.prompts.styles import StyleLibrary
+    from engine.prompts.syntax import Wildcards
+    from engine.uov.upscaler import Upscaler
 
 LOADING_PROGRESS = 1
 PREPARED_PROGRESS = 5  # where sampling starts; steps then share the range up to LAST_PROGRESS
@@ -82,21 +93,40 @@ class _SkipImage(Exception):
     """The caller asked to skip the image being sampled."""
 
 
+@dataclass(frozen=True)
+class RunResources:
+    """What one request's run may use, handed over by :class:`engine.pipeline.Engine`.
+
+    The helper models are callables: each loads (and downloads) its model on first use and keeps
+    it for later requests; the callable takes the run's message sink for download messages.
+    """
+
+    models: ModelSource
+    hasher: FileHasher
+    style_library: StyleLibrary
+    wildcards: Wildcards
+    embedding_library: Callable[[], EmbeddingLibrary]
+    expansion_model: Callable[[Message], PromptExpansion]
+    image_prompt_models: Callable[[Message], ImagePromptModels]
+    upscaler: Callable[[Message], Upscaler]
+    safety_filter: Callable[[Message], SafetyFilter]
+
+
 class RequestRun:
     """The state of one generate() call."""
 
     def __init__(
         self,
-        engine: Engine,
+        resources: RunResources,
         request: EngineRequest,
         on_event: EventCallback | None,
         should_stop: StopPoll | None,
     ) -> None:
-        self.engine = engine
+        self.resources = resources
         if request.inpaint_input_image is not None:
             request = dataclasses.replace(request, prompt=inpaint_prompt(request))
         self.request = request
-        self.plan: Plan = engine.plan(request)
+        self.plan: Plan = plan_request(request, resources.models.list_files("loras"))
         self.emit = on_event or (lambda event: None)
         self.poll = should_stop or (lambda: None)
         self.images: list[GeneratedImage] = []
@@ -124,7 +154,7 @@ class RequestRun:
     def execute(self) -> EngineResult:
         request, plan = self.request, self.plan
         self.report(LOADING_PROGRESS, "Loading models ...")
-        components = self.engine.manager.load_base(
+        components = self.resources.models.load_base(
             request.base_model_name,
             vae_name=request.vae_name,
             loras=plan.loras,
@@ -135,7 +165,7 @@ class RequestRun:
         )
         refiner = None
         if plan.refiner != NO_MODEL:
-            refiner = self.engine.manager.load_refiner(
+            refiner = self.resources.models.load_refiner(
                 plan.refiner, loras=plan.loras, on_message=self._message
             )
             width = refiner_context_width(components, refiner)
@@ -149,7 +179,7 @@ class RequestRun:
         expand: Expand | None = None
         if FOOOCUS_V2 in request.style_selections and plan.lines.main:
             self.report(LOADING_PROGRESS, "Loading prompt expansion ...")
-            expand = self.engine.expansion_model(self._message)
+            expand = self.resources.expansion_model(self._message)
         if request.inpaint_input_image is not None:
             self._prepare_inpaint(components)
             if request.debugging_inpaint_preprocessor:
@@ -163,7 +193,7 @@ class RequestRun:
                 return self._preprocessor_result()
             self.report(LOADING_PROGRESS, "Loading image prompts ...")
             self.add_ons = build_add_ons(
-                self.engine.image_prompt_models(self._message),
+                self.resources.image_prompt_models(self._message),
                 self.request,
                 components.unet,
                 self.request.width,
@@ -180,7 +210,7 @@ class RequestRun:
             return self._generate_images(components, refiner, expand)
 
     def _super_resolve(self, image: Image.Image) -> Image.Image:
-        upscaler = self.engine.upscaler(self._message)
+        upscaler = self.resources.upscaler(self._message)
         self.report(LOADING_PROGRESS, "Upscaling image ...")
         return upscaler(image)
 
@@ -188,7 +218,7 @@ class RequestRun:
         """Prepare the inpaint engine; sample its crop, from its fill unless asked otherwise."""
         request = self.request
         self.inpaint = InpaintRun.prepare(
-            self.engine.manager,
+            self.resources.models,
             request,
             components,
             self._super_resolve,
@@ -211,7 +241,7 @@ class RequestRun:
         image = crop_to_multiple(prepared.image)
         self.report(LOADING_PROGRESS, "VAE encoding ...")
         with torch.inference_mode():
-            self.init_latent = encode_image(
+            self.init_latent = encode_to_latent(
                 components, image, tiled=prepared.tiled, latent_format=self.latent_format
             )
         width, height = image.size
@@ -268,7 +298,7 @@ class RequestRun:
         encoder = PromptEncoder(
             components,
             request.clip_skip,
-            self.engine.embedding_library(),
+            self.resources.embedding_library(),
             lambda note: self.report(self.progress, note),
         )
         count = request.image_number
@@ -286,8 +316,8 @@ class RequestRun:
                 seed=seed,
                 lines=plan.lines,
                 styles=request.style_selections,
-                library=self.engine.style_library,
-                wildcards=self.engine.wildcards,
+                library=self.resources.style_library,
+                wildcards=self.resources.wildcards,
                 in_order=request.read_wildcards_in_order,
                 expand=expand,
             )
@@ -311,8 +341,8 @@ class RequestRun:
                 image = self.inpaint.paste_back(image, components.native_size)
             if request.black_out_nsfw:
                 self.report(self._step_progress(), "Checking for NSFW content ...")
-                image = self.engine.safety_filter(self._message)([image])[0][0]
-            hashes = model_hashes(self.engine.manager, self.engine.hasher, request, plan)
+                image = self.resources.safety_filter(self._message)([image])[0][0]
+            hashes = model_hashes(self.resources.models, self.resources.hasher, request, plan)
             metadata = image_metadata(request, plan, task, steps, hashes)
             generated = GeneratedImage(index, image, seed, metadata.to_dict())
             self.images.append(generated)

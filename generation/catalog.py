@@ -31,7 +31,7 @@ class Catalog:
     def _manager(self) -> Any:
         import torch
 
-        from engine.models import ModelManager
+        from engine.models.manager import ModelManager
 
         # Only used to list folders: no model is ever loaded through it.
         return ModelManager(self.config, torch.device("cpu"), torch.float32)
@@ -47,7 +47,7 @@ class Catalog:
         return name in self.list_files(folder) or f"{folder}/{name}" in self.config.downloads
 
     def styles(self) -> list[str]:
-        from engine.styles import StyleLibrary
+        from engine.prompts.styles import StyleLibrary
 
         return StyleLibrary.from_folder(self.config.styles_dir).names()
 

@@ -257,7 +257,7 @@ class EngineWorker:
         self.webhooks.send(run.task, "progress")
 
     def _save_image(self, run: _TaskRun, event: EngineEvent) -> None:
-        from engine.metadata import encode_image
+        from engine.output.metadata import encode_image_file
 
         assert event.image is not None
         params = run.task.req_params
@@ -266,7 +266,7 @@ class EngineWorker:
         metadata_text = (
             event.image.metadata.get("metadata_text") if params["save_metadata_to_images"] else None
         )
-        data = encode_image(
+        data = encode_image_file(
             event.image.image,
             params["output_format"],
             metadata_text if isinstance(metadata_text, str) else None,

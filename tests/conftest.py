@@ -23,7 +23,7 @@ def _one_torch_thread() -> None:
 @pytest.fixture(scope="session")
 def demo_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo model set, written once per test session by the engine's own writer."""
-    from engine.demo import create_demo_models
+    from engine.demo.writer import create_demo_models
 
     models = tmp_path_factory.mktemp("models")
     create_demo_models(models)

@@ -12,7 +12,7 @@ import pytest
 import requests
 from PIL import Image
 
-from engine.metadata import read_image_metadata
+from engine.output.metadata import read_image_metadata
 from tests.server import LiveServer, start_server
 
 LIGHTNING = {"performance_selection": "Lightning"}

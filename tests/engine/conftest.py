@@ -11,8 +11,8 @@ import torch
 
 from engine import Engine
 from engine.config import EngineConfig
-from engine.demo import create_demo_models
-from engine.models import ModelManager
+from engine.demo.writer import create_demo_models
+from engine.models.manager import ModelManager
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,10 +13,10 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from engine import Engine, EngineRequest
-from engine import checkpoint_keys as keys
-from engine.components import REFINER_CONFIG_DIR, SDXLComponents
-from engine.demo import DEMO_CHECKPOINT, DEMO_REFINER
-from engine.models import ModelManager
+from engine.demo.writer import DEMO_CHECKPOINT, DEMO_REFINER
+from engine.models import checkpoint_keys as keys
+from engine.models.components import REFINER_CONFIG_DIR, SDXLComponents
+from engine.models.manager import ModelManager
 from tests.engine.conftest import ROOT
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -21,7 +21,7 @@ from engine import (
     StopAction,
     StopPoll,
 )
-from engine.components import SDXLComponents, build_tiny_sdxl
+from engine.models.components import SDXLComponents, build_tiny_sdxl
 from engine.types import EngineInputError, FeatureNotSupportedError, ImagePromptSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -301,7 +301,7 @@ def test_engine_imports_without_django() -> None:
 
 
 def test_demo_model_through_the_real_manager(demo_models_dir: Path) -> None:
-    from engine.demo import DEMO_CHECKPOINT
+    from engine.demo.writer import DEMO_CHECKPOINT
 
     config = EngineConfig(models_dir=demo_models_dir, styles_dir=ROOT / "styles", device="cpu")
     request = replace(

@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--web-restarts", type=int, default=1)
     args = parser.parse_args(argv)
     config = LoadConfig(args.tasks, args.clients, args.kills, args.web_restarts)
-    from engine.demo import create_demo_models
+    from engine.demo.writer import create_demo_models
 
     hooks_server, hooks = webhook_server()
     home = Path(tempfile.mkdtemp(prefix="fooocus-scale-"))

@@ -20,7 +20,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from engine.demo import DEMO_CHECKPOINT, create_demo_models
+        from engine.demo.writer import DEMO_CHECKPOINT, create_demo_models
 
         models_dir = Path(settings.FOOOCUS_MODELS_DIR)
         if options["only_if_missing"] and (models_dir / "checkpoints" / DEMO_CHECKPOINT).exists():

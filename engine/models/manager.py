@@ -1,0 +1,254 @@
+"""The model files an engine uses: where they are, fetching missing ones, and the loaded base model.
+
+One :class:`ModelManager` lives as long as the engine. It keeps the loaded base model between tasks
+and only does the work a new request needs: another checkpoint is loaded in place of the old
+one, another VAE swaps only the VAE, another LoRA set only restores and re-patches the weights the
+old and new sets touch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine.models.components import SDXLComponents
+from engine.config import MODEL_FOLDERS, EngineConfig
+from engine.models.downloads import DownloadError, download_file
+from engine.models.loading import SIDECAR_SUFFIX, CheckpointFormatError, load_checkpoint, load_vae
+from engine.models.lora import LoraPatcher
+from engine.options import DEFAULT_VAE
+from engine.types import EngineInputError, ModelFileMissingError
+
+MessageCallback = Callable[[str], None]
+
+WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
+FOLDER_SUFFIXES: dict[str, tuple[str, ...]] = {"loras": (".safetensors",)}
+# A folder counts as a model when it holds this file (a diffusers model folder).
+FOLDER_MARKERS: dict[str, str] = {"checkpoints": "model_index.json", "vae": "config.json"}
+# The request field a bad file name in each folder is reported against.
+REQUEST_FIELDS: dict[str, str] = {
+    "checkpoints": "base_model_name",
+    "loras": "loras",
+    "vae": "vae_name",
+}
+
+
+def _ignore(_message: str) -> None:
+    pass
+
+
+@dataclass
+class _LoadedBase:
+    name: str
+    mtime_ns: int
+    components: SDXLComponents
+    """With the checkpoint's own VAE."""
+    patcher: LoraPatcher
+    vae_name: str
+    view: SDXLComponents
+    """What callers get: ``components``, or a copy of it holding the selected custom VAE."""
+
+
+class ModelManager:
+    """Finds, downloads, loads and caches the models of one engine on one device."""
+
+    def __init__(self, config: EngineConfig, device: torch.device, dtype: torch.dtype) -> None:
+        self.config = config
+        self.device = device
+        self.dtype = dtype
+        # The SDXL VAE overflows in float16; bfloat16 keeps its range (Fooocus does the same).
+        # The CPU gains nothing from half precision there, so it keeps float32.
+        use_full = device.type == "cpu" or dtype == torch.float32
+        self.vae_dtype = torch.float32 if use_full else torch.bfloat16
+        self._base: _LoadedBase | None = None
+        self._refiner: _LoadedBase | None = None
+
+    @property
+    def loaded_name(self) -> str | None:
+        """The name of the base model held in memory, if any."""
+        return self._base.name if self._base else None
+
+    def folder_path(self, folder: str) -> Path:
+        """``models_dir/<folder>``; ``folder`` must be one of :data:`MODEL_FOLDERS`."""
+        if folder not in MODEL_FOLDERS:
+            raise ValueError(f"unknown model folder {folder!r}; expected one of {MODEL_FOLDERS}")
+        return self.config.models_dir / folder
+
+    def list_files(self, folder: str) -> list[str]:
+        """The models in ``folder``: weight files and diffusers model folders, sorted (case-blind).
+
+        Sidecar config folders (``<stem>.config/``) and hidden or partial files are not listed.
+        """
+        root = self.folder_path(folder)
+        if not root.is_dir():
+            return []
+        suffixes = FOLDER_SUFFIXES.get(folder, WEIGHT_SUFFIXES)
+        names = [
+            entry.name
+            for entry in root.iterdir()
+            if not entry.name.startswith(".") and self._is_model(folder, entry, suffixes)
+        ]
+        return sorted(names, key=lambda n: (n.casefold(), n))
+
+    @staticmethod
+    def _is_model(folder: str, entry: Path, suffixes: tuple[str, ...]) -> bool:
+        if entry.is_dir():
+            marker = FOLDER_MARKERS.get(folder)
+            return (
+                marker is not None
+                and not entry.name.endswith(SIDECAR_SUFFIX)
+                and (entry / marker).is_file()
+            )
+        return entry.suffix.lower() in suffixes
+
+    def require(
+        self, folder: str, filename: str, on_message: MessageCallback | None = None
+    ) -> Path:
+        """The path of a model file, downloading it first when it is missing and has a known URL.
+
+        Raises EngineInputError for names that are not plain file names, and
+        ModelFileMissingError when the file is absent and cannot be downloaded.
+        """
+        root = self.folder_path(folder)
+        field = REQUEST_FIELDS.get(folder, folder)
+        if (
+            not filename
+            or filename in (".", "..")
+            or any(c in filename for c in "/\\\0")
+            or filename.startswith(".")
+        ):
+            raise EngineInputError(field, f"{filename!r} is not a valid {folder} file name")
+        path = root / filename
+        if path.exists():
+            if path.is_dir() and not self._is_model(folder, path, ()):
+                raise EngineInputError(field, f"{filename} in {root} is not a model folder")
+            return path
+        key = f"{folder}/{filename}"
+        url = self.config.downloads.get(key)
+        if url and self.config.allow_downloads:
+            try:
+                return download_file(url, path, on_message)
+            except DownloadError as exc:
+                raise ModelFileMissingError(
+                    filename, folder, f"{exc}; put {filename} in {root}"
+                ) from exc
+        message = f"Model file {filename} is missing: put it in {root}"
+        if url:
+            message += f" (download it from {url}; automatic downloads are turned off)"
+        raise ModelFileMissingError(filename, folder, message)
+
+    def load_base(
+        self,
+        name: str,
+        *,
+        vae_name: str = DEFAULT_VAE,
+        loras: Sequence[tuple[str, float]] = (),
+        on_message: MessageCallback | None = None,
+    ) -> SDXLComponents:
+        """The base model ``name`` with ``vae_name`` and the ``loras`` (file, weight) merged in.
+
+        Every file is found (or downloaded) before anything loads. The model stays cached: the
+        same name returns the same modules; another name frees the old model first. The result's
+        modules are on :attr:`device`, in :attr:`dtype` (the VAE in :attr:`vae_dtype`), in eval
+        mode without gradients. Call this for every task: LoRA weights are patched into the
+        modules in place, so an older result shows the newest LoRA set.
+        """
+        report = on_message or _ignore
+        path = self.require("checkpoints", name, on_message)
+        vae_path = (
+            None if vae_name in (DEFAULT_VAE, "None") else self.require("vae", vae_name, on_message)
+        )
+        lora_paths = [(self.require("loras", file, on_message), weight) for file, weight in loras]
+
+        base = self._base
+        mtime_ns = path.stat().st_mtime_ns
+        if base is None or base.name != name or base.mtime_ns != mtime_ns:
+            self.clear()  # two SDXL models rarely fit in GPU memory together
+            report(f"Loading base model {name} ...")
+            base = self._base = self._load_base(name, path, mtime_ns)
+        if base.vae_name != vae_name:
+            self._set_vae(base, vae_name, vae_path, report)
+        if base.patcher.apply(lora_paths):
+            applied = ", ".join(f"{p.name} ({w:g})" for p, w in lora_paths if w) or "none"
+            report(f"LoRAs applied: {applied}")
+        return base.view
+
+    def load_refiner(
+        self,
+        name: str,
+        *,
+        loras: Sequence[tuple[str, float]] = (),
+        on_message: MessageCallback | None = None,
+    ) -> SDXLComponents:
+        """The refiner checkpoint ``name``, kept beside the base model, with the user's LoRAs.
+
+        LoRAs that do not fit the refiner are left out of it (Fooocus skips them silently); the
+        refiner's own text encoders are never used (its conditioning comes from the base's).
+        """
+        report = on_message or _ignore
+        path = self.require("checkpoints", name, on_message)
+        lora_paths = [(self.require("loras", file, on_message), weight) for file, weight in loras]
+        refiner = self._refiner
+        mtime_ns = path.stat().st_mtime_ns
+        if refiner is None or refiner.name != name or refiner.mtime_ns != mtime_ns:
+            self._refiner = None
+            gc.collect()
+            report(f"Loading refiner {name} ...")
+            try:
+                refiner = self._refiner = self._load_base(name, path, mtime_ns)
+            except EngineInputError as exc:
+                raise EngineInputError("refiner_model_name", exc.message) from exc
+        try:
+            refiner.patcher.apply(lora_paths)
+        except EngineInputError as exc:
+            report(f"LoRAs not applied to the refiner: {exc.message}")
+            refiner.patcher.apply([])
+        return refiner.view
+
+    def _load_base(self, name: str, path: Path, mtime_ns: int) -> _LoadedBase:
+        try:
+            components = load_checkpoint(path, self.dtype, self.vae_dtype)
+        except CheckpointFormatError as exc:
+            raise EngineInputError("base_model_name", f"cannot load {name}: {exc}") from exc
+        modules: tuple[torch.nn.Module | None, ...] = (
+            components.unet,
+            components.text_encoder,
+            components.text_encoder_2,
+            components.vae,
+        )
+        for module in modules:
+            if module is not None:
+                module.to(self.device)
+        components.name = name
+        return _LoadedBase(
+            name, mtime_ns, components, LoraPatcher(components), DEFAULT_VAE, components
+        )
+
+    def _set_vae(
+        self, base: _LoadedBase, vae_name: str, path: Path | None, report: MessageCallback
+    ) -> None:
+        if path is None:
+            base.view, base.vae_name = base.components, DEFAULT_VAE
+            return
+        report(f"Loading VAE {vae_name} ...")
+        base.view = base.components  # drop the previous custom VAE before loading the next
+        try:
+            vae = load_vae(path, base.components.vae.config, self.vae_dtype)
+        except CheckpointFormatError as exc:
+            base.vae_name = DEFAULT_VAE
+            raise EngineInputError("vae_name", f"cannot load VAE {vae_name}: {exc}") from exc
+        base.view = dataclasses.replace(base.components, vae=vae.to(self.device))
+        base.vae_name = vae_name
+
+    def clear(self) -> None:
+        """Drop every loaded model and give the memory back (CUDA cache included)."""
+        self._base = None
+        self._refiner = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
