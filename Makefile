@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 7866
 
-.PHONY: run demo test lint typecheck pytest bench
+.PHONY: run demo test test-fast lint typecheck pytest bench
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy .
 
 pytest: $(VENV)/.installed
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest --durations=25
+
+# The unit and in-process tiers only: no daphne subprocesses, browsers or clusters.
+test-fast: $(VENV)/.installed
+	$(VENV)/bin/pytest -m "not e2e" --durations=15
 
 test: lint typecheck pytest

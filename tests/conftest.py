@@ -36,3 +36,25 @@ def server(tmp_path_factory: pytest.TempPathFactory, demo_models: Path) -> Itera
     live = start_server(tmp_path_factory.mktemp("server"), demo_models)
     yield live
     live.stop(signal.SIGTERM)
+
+
+# What needs a real server process (daphne, workers, a browser, PostgreSQL+Redis clusters) is
+# the end-to-end tier; `make test-fast` runs everything else (unit and in-process tiers).
+_E2E_DIRS = {"browser", "scaled", "system"}
+_E2E_FIXTURES = {"server", "browser_server", "cluster", "services"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    starts_servers: dict[Path, bool] = {}
+    for item in items:
+        path = Path(str(item.path))
+        if path not in starts_servers:
+            starts_servers[path] = "start_server(" in path.read_text(encoding="utf-8")
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if (
+            _E2E_DIRS & set(path.parts)
+            or _E2E_FIXTURES & fixtures
+            or starts_servers[path]
+            or path.name == "test_contract.py"
+        ):
+            item.add_marker(pytest.mark.e2e)
