@@ -10,6 +10,7 @@ as the worker's (a file the worker is already fetching is waited for). No torch 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,16 @@ class Command(BaseCommand):
         parser.add_argument("--all", action="store_true", help="every preset's files")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # The bars show the progress; the downloader's log lines would only repeat it.
+        logger = logging.getLogger("engine.downloads")
+        level = logger.level
+        logger.setLevel(logging.WARNING)
+        try:
+            self._download(options)
+        finally:
+            logger.setLevel(level)
+
+    def _download(self, options: dict[str, Any]) -> None:
         from tqdm import tqdm
 
         from engine.models.downloads import DownloadError, download_file
