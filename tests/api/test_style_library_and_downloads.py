@@ -180,3 +180,66 @@ def test_the_commands_do_not_import_torch() -> None:
         check=True,
     )
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.e2e
+def test_a_fresh_server_fetches_the_library_for_a_request_that_names_a_fooocus_style(
+    tmp_path: Path, demo_models: Path
+) -> None:
+    """Over real HTTP, downloads on: a request naming a style that is only in Fooocus's library
+    is accepted and runs (the web process fetched the library from the preset's URLs first);
+    the style list then holds Fooocus's names; a name that exists nowhere is still a 422."""
+    import signal
+
+    import requests
+
+    from tests.server import start_server
+
+    files = {name: json.dumps(FAKE_FOOOCUS[name]).encode() for name in FOOOCUS_STYLE_FILES}
+    styles = tmp_path / "styles"
+    styles.mkdir()
+    for name in STARTER_STYLE_FILES:
+        shutil.copyfile(ROOT / "styles" / name, styles / name)
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    shutil.copyfile(ROOT / "presets" / "demo.json", presets / "demo.json")
+    with serve_files(FileServer(files)) as srv:
+        library = {
+            n: {"url": srv.url(n), "sha256": hashlib.sha256(b).hexdigest()}
+            for n, b in files.items()
+        }
+        (presets / "styles.json").write_text(json.dumps({"style_downloads": library}))
+        live = start_server(
+            tmp_path / "home",
+            demo_models,
+            extra_env={
+                "FOOOCUS_ALLOW_DOWNLOADS": "1",
+                "FOOOCUS_STYLES_DIR": str(styles),
+                "FOOOCUS_PRESETS_DIR": str(presets),
+            },
+        )
+        try:
+            body = {
+                "prompt": "a lighthouse",
+                "performance_selection": "Lightning",
+                "style_selections": ["Fooocus V2", "Mk Chromolithography"],
+            }
+            accepted = requests.post(
+                f"{live.url}/v1/engine/generate/",
+                json=body,
+                headers={"Accept": "application/json"},
+                timeout=300,
+            )
+            assert accepted.status_code == 200, accepted.text
+            assert sorted(n for n, _ in srv.requests) == sorted(FOOOCUS_STYLE_FILES)
+            listed = requests.get(f"{live.url}/v1/engines/styles", timeout=10).json()
+            assert listed == ["Fooocus V2", "Random Style", *FAKE_ORDER]
+            refused = requests.post(
+                f"{live.url}/v1/engine/generate/",
+                json={**body, "style_selections": ["Not A Style Anywhere"]},
+                timeout=60,
+            )
+            assert refused.status_code == 422
+            assert "style_selections" in refused.text
+        finally:
+            live.stop(signal.SIGTERM)
