@@ -30,9 +30,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.types import EngineInputError
+
+if TYPE_CHECKING:
+    from engine.config import EngineConfig
 
 FOOOCUS_V2 = "Fooocus V2"
 RANDOM_STYLE = "Random Style"
@@ -178,7 +181,7 @@ class StyleLibrary:
         return cls(folder=folder)
 
     @classmethod
-    def from_config(cls, config: Any) -> StyleLibrary:
+    def from_config(cls, config: EngineConfig) -> StyleLibrary:
         """The library of an :class:`~engine.config.EngineConfig`: its styles folder, and the
         style files its presets name (fetched on first use when downloads are allowed)."""
         return cls(
