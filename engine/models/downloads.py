@@ -189,6 +189,10 @@ class _Partial:
             raise ConnectionError(f"the connection closed at {self.done} of {total} bytes")
 
 
+class _Unreachable(ConnectionError):
+    """No response at all: the connection could not be made."""
+
+
 class _Restart(Exception):
     """The server sent the whole file instead of the range asked for: start the .part over."""
 
@@ -226,15 +230,24 @@ def _fetch(
             best, failures = partial.done, 0
         else:
             failures += 1
-        if failures >= attempts:
+        # A host that cannot be reached at all (no network, a wrong name) gets one more try only.
+        unreachable = isinstance(error, _Unreachable) and failures >= min(2, attempts)
+        if failures >= attempts or unreachable:
+            kept = (
+                f" ({partial.done / 1e6:.1f} MB kept in {partial.path.name}; the next try resumes)"
+                if partial.done
+                else ""
+            )
             raise DownloadError(
-                f"could not download {target.name} from {url}: {error} "
-                f"({partial.done / 1e6:.1f} MB kept in {partial.path.name}; the next try resumes)"
-            ) from error
-        report(
-            f"Connection lost while downloading {target.name} at {partial.done / 1e6:.1f} MB "
-            f"({error}); resuming ..."
-        )
+                f"could not download {target.name} from {url}: {error}{kept}"
+            ) from (error)
+        if isinstance(error, _Unreachable):
+            report(f"Could not connect to download {target.name} ({error}); trying again ...")
+        else:
+            report(
+                f"Connection lost while downloading {target.name} at {partial.done / 1e6:.1f} MB "
+                f"({error}); trying again ..."
+            )
         time.sleep(min(RETRY_BACKOFF_S * 2 ** (failures - 1), 10.0) if failures else 0.0)
 
     if total is not None and partial.done != total:
@@ -273,9 +286,13 @@ def _transfer(url: str, partial: _Partial, progress: _Progress) -> int | None:
     headers = {"Accept-Encoding": "identity"}
     if partial.done:
         headers["Range"] = f"bytes={partial.done}-"
-    with requests.get(
-        url, headers=headers, stream=True, timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
-    ) as response:
+    try:
+        response = requests.get(
+            url, headers=headers, stream=True, timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S)
+        )
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        raise _Unreachable(str(exc)) from exc
+    with response:
         content_range = response.headers.get("Content-Range")
         if response.status_code == 416 and partial.done:
             if _range_total(content_range) == partial.done:

@@ -96,9 +96,9 @@ class Command(BaseCommand):
                     bar.refresh()
 
                 def message(text: str, bar: Any = bar) -> None:
-                    if text.startswith(("Waiting", "Connection lost", "Resuming")) or (
-                        "another process" in text
-                    ):
+                    if text.startswith(
+                        ("Waiting", "Connection lost", "Could not connect", "Resuming")
+                    ) or ("another process" in text):
                         bar.write(text, file=self.stderr)
 
                 try:
