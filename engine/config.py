@@ -27,13 +27,16 @@ class EngineConfig:
     """The engine's environment.
 
     ``downloads`` maps ``"<folder>/<filename>"`` (e.g. ``"loras/sdxl_lcm_lora.safetensors"``)
-    to the URL the file is fetched from when a request needs it and it is missing.
+    to the URL the file is fetched from when a request needs it and it is missing; ``checksums``
+    gives the SHA-256 a download must have, for the keys whose hash is known. Keys under
+    ``styles/`` are style files for ``styles_dir``.
     ``device`` is ``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda:N"``.
     """
 
     models_dir: Path
     styles_dir: Path
     downloads: Mapping[str, str] = field(default_factory=dict)
+    checksums: Mapping[str, str] = field(default_factory=dict)
     device: str = "auto"
     allow_downloads: bool = True
     wildcards_dir: Path | None = None

@@ -73,7 +73,7 @@ class Engine:
 
             manager = ModelManager(config, self.device, self.dtype)
         self.manager: ModelSource = manager
-        self.style_library = StyleLibrary.from_folder(config.styles_dir)
+        self.style_library = StyleLibrary.from_config(config)
         self.wildcards = Wildcards(config.wildcards_path)
         self.hasher = FileHasher()
         self._expansion: PromptExpansion | None = None

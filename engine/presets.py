@@ -1,9 +1,12 @@
 """Presets: JSON files (Fooocus's preset format) that set request defaults and model downloads.
 
 A preset maps Fooocus's ``default_*`` keys onto request fields; any key it omits keeps the
-built-in default. ``*_downloads`` tables give the URL of each model file the preset may need, and
-``performance_loras`` (our extension) replaces the LoRA file of a LoRA performance, for model
-families other than SDXL (the demo model set uses it).
+built-in default. ``*_downloads`` tables give the URL of each model file the preset may need,
+as Fooocus writes them (``"name": "url"``) or as ``"name": {"url": ..., "sha256": ...}`` when
+the file's SHA-256 is known (the download is then verified); ``style_downloads`` names style
+files for the styles folder (key ``styles/<name>``). ``performance_loras`` (our extension)
+replaces the LoRA file of a LoRA performance, for model families other than SDXL (the demo model
+set uses it).
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ PRESET_FIELD_KEYS: dict[str, str] = {
     "default_adaptive_cfg": "adaptive_cfg",
 }
 
+STYLE_DOWNLOAD_FOLDER = "styles"
+"""The pseudo folder of style files in download keys (``styles/<file>``): the styles folder."""
+
 # download table key -> model folder
 DOWNLOAD_FOLDERS: dict[str, str] = {
     "checkpoint_downloads": "checkpoints",
@@ -51,6 +57,7 @@ DOWNLOAD_FOLDERS: dict[str, str] = {
     "inpaint_downloads": "inpaint",
     "controlnet_downloads": "controlnet",
     "clip_vision_downloads": "clip_vision",
+    "style_downloads": STYLE_DOWNLOAD_FOLDER,
 }
 
 
@@ -61,6 +68,8 @@ class Preset:
     name: str
     defaults: dict[str, Any]
     downloads: dict[str, str] = field(default_factory=dict)
+    checksums: dict[str, str] = field(default_factory=dict)
+    """``"<folder>/<file>"`` -> SHA-256 (hex) of the downloads whose hash the preset gives."""
     aspect_ratios: tuple[str, ...] = ()
     performance_loras: dict[str, str] = field(default_factory=dict)
 
@@ -80,6 +89,16 @@ def _loras_from_preset(value: Any, path: Path) -> list[dict[str, Any]]:
             raise ValueError(f"{path}: cannot read LoRA entry {item!r}")
         loras.append({"enabled": bool(enabled), "model_name": str(name), "weight": float(weight)})
     return loras
+
+
+def _download_entry(entry: Any, path: Path, filename: str) -> tuple[str, str | None]:
+    """(url, sha256 or None) of a download table entry: a URL, or ``{"url", "sha256"}``."""
+    if isinstance(entry, str):
+        return entry, None
+    if isinstance(entry, dict) and isinstance(entry.get("url"), str):
+        sha256 = entry.get("sha256")
+        return entry["url"], str(sha256).lower() if sha256 else None
+    raise ValueError(f"{path}: download entry for {filename} must be a URL or {{url, sha256}}")
 
 
 def load_preset(presets_dir: Path, name: str) -> Preset:
@@ -103,9 +122,13 @@ def load_preset(presets_dir: Path, name: str) -> Preset:
             value = str(value).replace("×", "*").split(" ")[0]
         defaults[request_field] = value
     downloads: dict[str, str] = {}
+    checksums: dict[str, str] = {}
     for key, folder in DOWNLOAD_FOLDERS.items():
-        for filename, url in (raw.get(key) or {}).items():
-            downloads[f"{folder}/{filename}"] = str(url)
+        for filename, entry in (raw.get(key) or {}).items():
+            url, sha256 = _download_entry(entry, path, filename)
+            downloads[f"{folder}/{filename}"] = url
+            if sha256:
+                checksums[f"{folder}/{filename}"] = sha256
     ratios = tuple(
         str(r).replace("×", "*").split(" ")[0] for r in raw.get("available_aspect_ratios", [])
     )
@@ -113,6 +136,7 @@ def load_preset(presets_dir: Path, name: str) -> Preset:
         name=name,
         defaults=defaults,
         downloads=downloads,
+        checksums=checksums,
         aspect_ratios=ratios,
         performance_loras={str(k): str(v) for k, v in (raw.get("performance_loras") or {}).items()},
     )
@@ -130,4 +154,12 @@ def all_downloads(presets_dir: Path) -> dict[str, str]:
     merged: dict[str, str] = {}
     for name in list_presets(presets_dir):
         merged.update(load_preset(presets_dir, name).downloads)
+    return merged
+
+
+def all_checksums(presets_dir: Path) -> dict[str, str]:
+    """Every SHA-256 any preset gives for a download, by ``"<folder>/<file>"``."""
+    merged: dict[str, str] = {}
+    for name in list_presets(presets_dir):
+        merged.update(load_preset(presets_dir, name).checksums)
     return merged

@@ -12,7 +12,7 @@ from typing import Any
 from django.conf import settings
 
 from engine.config import EngineConfig
-from engine.presets import Preset, all_downloads, list_presets, load_preset
+from engine.presets import Preset, all_checksums, all_downloads, list_presets, load_preset
 from engine.types import EngineRequest
 
 
@@ -49,7 +49,7 @@ class Catalog:
     def styles(self) -> list[str]:
         from engine.prompts.styles import StyleLibrary
 
-        return StyleLibrary.from_folder(self.config.styles_dir).names()
+        return StyleLibrary.from_config(self.config).names()
 
     @functools.cached_property
     def _engine(self) -> Any:
@@ -77,6 +77,7 @@ def engine_config() -> EngineConfig:
         styles_dir=Path(settings.FOOOCUS_STYLES_DIR),
         wildcards_dir=Path(settings.FOOOCUS_WILDCARDS_DIR),
         downloads=all_downloads(Path(settings.FOOOCUS_PRESETS_DIR)),
+        checksums=all_checksums(Path(settings.FOOOCUS_PRESETS_DIR)),
         device=settings.FOOOCUS_DEVICE,
         allow_downloads=settings.FOOOCUS_ALLOW_DOWNLOADS,
     )

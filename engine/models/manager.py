@@ -132,7 +132,7 @@ class ModelManager:
         url = self.config.downloads.get(key)
         if url and self.config.allow_downloads:
             try:
-                return download_file(url, path, on_message)
+                return download_file(url, path, on_message, sha256=self.config.checksums.get(key))
             except DownloadError as exc:
                 raise ModelFileMissingError(
                     filename, folder, f"{exc}; put {filename} in {root}"
