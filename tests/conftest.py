@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +10,10 @@ from pathlib import Path
 import pytest
 
 from tests.server import LiveServer, start_server
+
+# Tests never reach the internet: in-process code must not try to fetch Fooocus's style or model
+# files (a test that wants a download turns it on and serves the file from 127.0.0.1).
+os.environ.setdefault("FOOOCUS_ALLOW_DOWNLOADS", "0")
 
 
 @pytest.fixture(scope="session", autouse=True)
