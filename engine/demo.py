@@ -30,6 +30,23 @@ from engine.components import (
     build_tiny_refiner,
     build_tiny_sdxl,
 )
+from engine.config import (
+    CLIP_VISION_FILE,
+    CLIP_VISION_FOLDER,
+    CONTROL_LORA_FILES,
+    CONTROLNET_FOLDER,
+    EXPANSION_FOLDER,
+    INPAINT_FOLDER,
+    INPAINT_HEAD_FILE,
+    INPAINT_PATCH_FILES,
+    IP_ADAPTER_FILES,
+    IP_NEGATIVE_FILE,
+    SAFETY_FILE,
+    SAFETY_FOLDER,
+    SIDECAR_SUFFIX,
+    UPSCALER_FILE,
+    UPSCALER_FOLDER,
+)
 from engine.demo_image_prompts import (
     write_tiny_clip_vision,
     write_tiny_clip_vision_config,
@@ -38,20 +55,7 @@ from engine.demo_image_prompts import (
     write_tiny_ip_negative,
 )
 from engine.embeddings import EMBEDDINGS_FOLDER
-from engine.expansion import EXPANSION_FOLDER
-from engine.image_prompts import (
-    CLIP_VISION_FILE,
-    CLIP_VISION_FOLDER,
-    CONTROL_LORA_FILES,
-    CONTROLNET_FOLDER,
-    IP_ADAPTER_FILES,
-    IP_NEGATIVE_FILE,
-)
-from engine.inpaint_model import INPAINT_FOLDER, INPAINT_HEAD_FILE, INPAINT_PATCH_FILES
-from engine.loader import SIDECAR_SUFFIX
 from engine.lora import LoraTargets
-from engine.safety import SAFETY_FILE, SAFETY_FOLDER
-from engine.upscaler import UPSCALER_FILE, UPSCALER_FOLDER
 
 DEMO_CHECKPOINT = "fooocus_demo_tiny.safetensors"
 DEMO_DIFFUSERS = "fooocus_demo_tiny_diffusers"

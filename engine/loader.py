@@ -29,8 +29,7 @@ from transformers import (
 
 from engine import checkpoint_keys as keys
 from engine.components import REFINER_CONFIG_DIR, SDXL_CONFIG_DIR, SDXLComponents
-
-SIDECAR_SUFFIX = ".config"
+from engine.config import SIDECAR_SUFFIX
 
 
 class CheckpointFormatError(ValueError):

@@ -16,12 +16,10 @@ import torch
 from PIL import Image
 
 from engine.components import SDXLComponents
+from engine.config import INPAINT_FOLDER, INPAINT_HEAD_FILE, INPAINT_PATCH_FILES
 from engine.imaging import LatentFormat, encode_image
 from engine.inpaint import InpaintInput, paste_back, prepare_inpaint
 from engine.inpaint_model import (
-    INPAINT_FOLDER,
-    INPAINT_HEAD_FILE,
-    INPAINT_PATCH_FILES,
     UNPATCHED_FRACTION,
     BlendingDenoiser,
     InpaintPatch,

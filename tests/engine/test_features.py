@@ -14,11 +14,11 @@ from transformers import LogitsProcessor
 
 from engine import Engine, EngineConfig
 from engine.components import SDXLComponents, build_tiny_sdxl
+from engine.config import EXPANSION_FOLDER, SAFETY_FILE, SAFETY_FOLDER, SIDECAR_SUFFIX
 from engine.demo import DEMO_EXPANSION_WORDS, tiny_safety_config, write_tiny_expansion
-from engine.expansion import EXPANSION_FOLDER, PromptExpansion
+from engine.expansion import PromptExpansion
 from engine.freeu import fourier_filter, freeu, structure_scale
-from engine.loader import SIDECAR_SUFFIX
-from engine.safety import SAFETY_FILE, SAFETY_FOLDER, SafetyFilter
+from engine.safety import SafetyFilter
 from tests.engine.test_pipeline import BASE, MODEL, REFINER, ROOT, FakeManager, _pixels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -12,9 +12,9 @@ from PIL import Image
 
 from engine import Engine, EngineRequest
 from engine.components import build_tiny_sdxl
+from engine.config import IP_ADAPTER_FILES, IP_NEGATIVE_FILE
 from engine.demo import DEMO_CHECKPOINT
 from engine.guidance import AdmTimeIds, FooocusDenoiser, GuidanceSettings, TextConditioning
-from engine.image_prompts import IP_ADAPTER_FILES, IP_NEGATIVE_FILE
 from engine.ip_adapter import ImagePromptAddOn, IpAdapterModel, PromptTokens, load_negative
 from engine.sampling import build_sigmas, sample, schedule_for
 from engine.types import ImagePromptSpec

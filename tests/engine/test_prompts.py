@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from engine.components import SDXLComponents, build_tiny_sdxl
-from engine.prompts import PromptEncoder, parse_emphasis, safe_str, split_lines, tokenize_weighted
+from engine.prompt_syntax import safe_str, split_lines
+from engine.prompts import PromptEncoder, parse_emphasis, tokenize_weighted
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

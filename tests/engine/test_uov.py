@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from engine import Engine, EngineEvent, EngineRequest
+from engine.config import UPSCALER_FILE, UPSCALER_FOLDER
 from engine.demo import DEMO_CHECKPOINT
 from engine.imaging import (
     decode_latent,
@@ -25,7 +26,7 @@ from engine.imaging import (
 from engine.run_sampling import sampler_sigmas
 from engine.sampling import schedule_for
 from engine.uov import tail_sigmas
-from engine.upscaler import UPSCALER_FILE, UPSCALER_FOLDER, Upscaler, upscale_tiled
+from engine.upscaler import Upscaler, upscale_tiled
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
