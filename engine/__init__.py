@@ -28,6 +28,7 @@ from engine.types import (
 
 if TYPE_CHECKING:
     from engine.metadata import encode_image
+    from engine.metadata import encode_image as encode_image_file
     from engine.pipeline import Engine
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "StopPoll",
     "TaskStopped",
     "encode_image",
+    "encode_image_file",
 ]
 
 
@@ -57,7 +59,8 @@ def __getattr__(name: str) -> Any:
         from engine.pipeline import Engine
 
         return Engine
-    if name == "encode_image":
+    if name in ("encode_image", "encode_image_file"):
+        # encode_image_file: the one encoder of output files (the name it gets in engine.output).
         from engine.metadata import encode_image
 
         return encode_image
