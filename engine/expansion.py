@@ -17,7 +17,6 @@ from transformers import AutoTokenizer, GPT2LMHeadModel, LogitsProcessor, Logits
 
 from engine.prompt_syntax import safe_str
 
-EXPANSION_WEIGHTS = "pytorch_model.bin"
 SEED_LIMIT = 2**32  # numpy's seed range, which Fooocus's set_seed call inherits
 TOP_K = 100
 WINDOW = 75

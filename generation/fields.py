@@ -88,6 +88,21 @@ API_FIELDS: tuple[ApiField, ...] = (
         None,
         used_by="compatibility: an uploaded mask is always used",
     ),
+    ApiField(
+        "disable_intermediate_results",
+        None,
+        used_by="compatibility: each finished image is saved and listed as soon as it exists",
+    ),
+    ApiField(
+        "mixing_image_prompt_and_vary_upscale",
+        None,
+        used_by="compatibility: image prompts always apply together with upscale/vary",
+    ),
+    ApiField(
+        "mixing_image_prompt_and_inpaint",
+        None,
+        used_by="compatibility: image prompts always apply together with inpaint",
+    ),
 )
 
 ENGINE_FIELDS: dict[str, dataclasses.Field[Any]] = {

@@ -99,7 +99,6 @@ def test_image_prompt_mixes_with_vary(engine: Engine) -> None:
         BASE,
         uov_method="Vary (Subtle)",
         uov_input_image=picture().resize((72, 56)),
-        mixing_image_prompt_and_vary_upscale=True,
         # Vary (Subtle) starts half-way through the time axis: a stop of 0.5 would be over
         # before the first step (stops are time-based, §14.6).
         image_prompts=(ImagePromptSpec(picture(), "PyraCanny", stop=1.0),),
@@ -119,7 +118,6 @@ def test_image_prompt_mixes_with_inpaint(engine: Engine) -> None:
         inpaint_input_image=source,
         inpaint_mask_image=mask,
         inpaint_engine="None",
-        mixing_image_prompt_and_inpaint=True,
         image_prompts=(ImagePromptSpec(picture(), "ImagePrompt"),),
     )
     out = pixels(engine, request)
