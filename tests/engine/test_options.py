@@ -48,3 +48,9 @@ def test_uov_names_are_built_from_the_vary_and_upscale_tables() -> None:
         options.CUSTOM_UPSCALE,
     ]
     assert options.FAST_UPSCALE in options.UPSCALE_FACTORS
+
+
+def test_a1111_sampler_names_are_for_known_samplers() -> None:
+    from engine.metadata import A1111_SAMPLER_NAMES
+
+    assert set(A1111_SAMPLER_NAMES) <= set(options.SAMPLERS)
