@@ -183,7 +183,8 @@ def api_default(name: str) -> Any:
 
 
 def nested_default(api_list_field: str, name: str) -> Any:
-    """The default of item field ``name`` of a list field (``loras``, ``controlnet_image``)."""
+    """The default of item field ``name`` of a list field (``loras``, ``controlnet_image``):
+    its engine spec field's, or ``dataclasses.MISSING`` (required, or the field's own)."""
     spec_type, names = NESTED_FIELDS[api_list_field]
     for spec_field in dataclasses.fields(spec_type):
         if spec_field.name == names[name]:

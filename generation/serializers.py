@@ -43,7 +43,12 @@ class EngineDefaults(serializers.Serializer):
     # (no engine counterpart) declare their own. (A comment, not a docstring: drf-spectacular
     # would put a docstring into the schema of every subclass.)
 
+    # The list field of generation.fields.NESTED_FIELDS whose items this serializer validates.
+    item_of: str | None = None
+
     def default_for(self, name: str) -> Any:
+        if self.item_of is not None:
+            return fields.nested_default(self.item_of, name)
         return fields.api_default(name)
 
     def get_fields(self) -> dict[str, serializers.Field]:
@@ -60,24 +65,20 @@ class EngineDefaults(serializers.Serializer):
 
 
 class LoraSerializer(EngineDefaults):
+    item_of = "loras"
+
     enabled = serializers.BooleanField()
     model_name = serializers.CharField(allow_blank=False, max_length=255)
     weight = serializers.FloatField(min_value=-2.0, max_value=2.0)
 
-    def default_for(self, name: str) -> Any:
-        if name == "model_name":
-            return dataclasses.MISSING  # required
-        return fields.nested_default("loras", name)
-
 
 class ImagePromptSerializer(EngineDefaults):
+    item_of = "controlnet_image"
+
     cn_img = ImageInputField()
     cn_stop = serializers.FloatField(allow_null=True, min_value=0, max_value=1)
     cn_weight = serializers.FloatField(allow_null=True, min_value=0, max_value=2)
     cn_type = serializers.ChoiceField(choices=options.CN_TYPES)
-
-    def default_for(self, name: str) -> Any:
-        return fields.nested_default("controlnet_image", name)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         default_stop, default_weight = options.CN_TYPE_DEFAULTS[attrs["cn_type"]]
