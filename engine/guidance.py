@@ -194,11 +194,13 @@ class FooocusDenoiser:
         self.positive_adm = positive_adm
         self.negative_adm = negative_adm
         self.unet_calls = 0
+        self.last_progress = 0.0
 
     def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         """The guided x0 estimate of ``x`` [1, 4, h, w] at noise level ``sigma``."""
         timestep = self.schedule.timestep(sigma)
         progress = 1.0 - timestep / 999.0
+        self.last_progress = progress
         end = self.settings.adm_scaler_end
         pos_ids = self.positive_adm.pick(timestep, end)
         if not self.use_cfg:
