@@ -47,3 +47,84 @@ class EngineConfig:
     def wildcards_path(self) -> Path:
         """Where wildcard files are looked up."""
         return self.wildcards_dir or self.styles_dir.parent / "wildcards"
+
+
+# What counts as a model in a folder ------------------------------------------------------------
+WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
+FOLDER_SUFFIXES: dict[str, tuple[str, ...]] = {"loras": (".safetensors",)}
+# A folder counts as a model when it holds this file (a diffusers model folder).
+FOLDER_MARKERS: dict[str, str] = {"checkpoints": "model_index.json", "vae": "config.json"}
+SIDECAR_SUFFIX = ".config"
+"""``<stem>.config/`` beside a single-file model holds its component configs (not a model)."""
+
+
+def model_folder(models_dir: Path, folder: str) -> Path:
+    """``models_dir/<folder>``; ``folder`` must be one of :data:`MODEL_FOLDERS`."""
+    if folder not in MODEL_FOLDERS:
+        raise ValueError(f"unknown model folder {folder!r}; expected one of {MODEL_FOLDERS}")
+    return models_dir / folder
+
+
+def list_model_files(models_dir: Path, folder: str) -> list[str]:
+    """The models in ``folder``: weight files and diffusers model folders, sorted (case-blind).
+
+    Sidecar config folders (``<stem>.config/``) and hidden or partial files are not listed.
+    Plain file-system reads: web processes list models with it without loading the engine.
+    """
+    root = model_folder(models_dir, folder)
+    if not root.is_dir():
+        return []
+    suffixes = FOLDER_SUFFIXES.get(folder, WEIGHT_SUFFIXES)
+    names = [
+        entry.name
+        for entry in root.iterdir()
+        if not entry.name.startswith(".") and is_model_entry(folder, entry, suffixes)
+    ]
+    return sorted(names, key=lambda n: (n.casefold(), n))
+
+
+def is_model_entry(folder: str, entry: Path, suffixes: tuple[str, ...]) -> bool:
+    """A model of ``folder``: a weight file with one of ``suffixes``, or a diffusers folder."""
+    if entry.is_dir():
+        marker = FOLDER_MARKERS.get(folder)
+        return (
+            marker is not None
+            and not entry.name.endswith(SIDECAR_SUFFIX)
+            and (entry / marker).is_file()
+        )
+    return entry.suffix.lower() in suffixes
+
+
+# The fixed support files features need (fetched on demand when a download URL is known) -------
+EXPANSION_FOLDER = "prompt_expansion/fooocus_expansion"
+# The files of the expansion model folder; each is fetched on demand when missing.
+EXPANSION_FILES: tuple[str, ...] = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "positive.txt",
+    "pytorch_model.bin",
+)
+SAFETY_FOLDER = "safety_checker"
+SAFETY_FILE = "stable-diffusion-safety-checker.bin"
+UPSCALER_FOLDER = "upscale_models"
+UPSCALER_FILE = "fooocus_upscaler_s409985e5.bin"
+INPAINT_FOLDER = "inpaint"
+INPAINT_HEAD_FILE = "fooocus_inpaint_head.pth"
+INPAINT_PATCH_FILES: dict[str, str] = {
+    "v1": "inpaint.fooocus.patch",
+    "v2.5": "inpaint_v25.fooocus.patch",
+    "v2.6": "inpaint_v26.fooocus.patch",
+}
+CONTROLNET_FOLDER = "controlnet"
+CLIP_VISION_FOLDER = "clip_vision"
+CONTROL_LORA_FILES: dict[str, str] = {
+    "PyraCanny": "control-lora-canny-rank128.safetensors",
+    "CPDS": "fooocus_xl_cpds_128.safetensors",
+}
+IP_ADAPTER_FILES: dict[str, str] = {
+    "ImagePrompt": "ip-adapter-plus_sdxl_vit-h.bin",
+    "FaceSwap": "ip-adapter-plus-face_sdxl_vit-h.bin",
+}
+CLIP_VISION_FILE = "clip_vision_vit_h.safetensors"
+IP_NEGATIVE_FILE = "fooocus_ip_negative.safetensors"

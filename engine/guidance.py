@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 
+from engine.plan import GuidanceSettings
 from engine.sampling.schedules import NoiseSchedule
 
 BILATERAL_WINDOW = 13
@@ -135,16 +136,6 @@ def combine_cfg(
         return real
     mimicked = eps_neg + adaptive_cfg * (eps_pos - eps_neg)
     return progress * real + (1.0 - progress) * mimicked
-
-
-@dataclass(frozen=True)
-class GuidanceSettings:
-    """The per-request guidance knobs (already forced for the LoRA performances)."""
-
-    guidance_scale: float = 4.0
-    sharpness: float = 2.0
-    adaptive_cfg: float = 7.0
-    adm_scaler_end: float = 0.3
 
 
 @dataclass(frozen=True)

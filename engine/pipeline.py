@@ -12,46 +12,34 @@ from __future__ import annotations
 
 import torch
 
-from engine.config import EngineConfig
-from engine.image_prompts.slots import FIELD as IMAGE_PROMPT_FIELD
-from engine.image_prompts.slots import ImagePromptModels, required_files, resolve_slots
-from engine.inpaint.mask import prepare_mask
-from engine.inpaint.patch import INPAINT_FOLDER, INPAINT_HEAD_FILE, INPAINT_PATCH_FILES
-from engine.models.source import Message, ModelSource
-from engine.options import (
-    DEFAULT_VAE,
-    INPAINT_ENGINES,
-    METADATA_SCHEMES,
-    NO_MODEL,
-    OUTPAINT_DIRECTIONS,
-    PERFORMANCES,
-    UOV_METHODS,
+from engine.check import RequestChecker
+from engine.config import (
+    EXPANSION_FILES,
+    EXPANSION_FOLDER,
+    SAFETY_FILE,
+    SAFETY_FOLDER,
+    UPSCALER_FILE,
+    UPSCALER_FOLDER,
+    EngineConfig,
 )
+from engine.image_prompts.slots import ImagePromptModels
+from engine.models.source import Message, ModelSource
 from engine.output.metadata import FileHasher
-from engine.output.safety import SAFETY_FILE, SAFETY_FOLDER, SafetyFilter
-from engine.plan import Plan, plan_request
+from engine.output.safety import SafetyFilter
+from engine.plan import Plan
 from engine.prompts.embeddings import EMBEDDINGS_FOLDER, EmbeddingLibrary
-from engine.prompts.expansion import EXPANSION_FILES, EXPANSION_FOLDER, PromptExpansion
-from engine.prompts.styles import FOOOCUS_V2, StyleLibrary
+from engine.prompts.expansion import PromptExpansion
+from engine.prompts.styles import StyleLibrary
 from engine.prompts.syntax import Wildcards
 from engine.run import RequestRun, RunResources
-from engine.sampling import check_scheduler, get_sampler
 from engine.types import (
     EngineInputError,
     EngineRequest,
     EngineResult,
     EventCallback,
-    FeatureNotSupportedError,
     StopPoll,
 )
-from engine.uov.rules import CUSTOM_UPSCALE, MAX_UPSCALE, MIN_UPSCALE, is_upscale
-from engine.uov.upscaler import UPSCALER_FILE, UPSCALER_FOLDER, Upscaler, UpscalerFormatError
-
-LATENT_SCALE = 8
-
-
-# Samplers that step on the 1000 training timesteps of a discrete-time (eps) model.
-DISCRETE_TIME_SAMPLERS = frozenset({"tcd", "lcm"})
+from engine.uov.upscaler import Upscaler, UpscalerFormatError
 
 
 def pick_device(setting: str) -> torch.device:
@@ -74,6 +62,9 @@ class Engine:
             manager = ModelManager(config, self.device, self.dtype)
         self.manager: ModelSource = manager
         self.style_library = StyleLibrary.from_config(config)
+        self.checker = RequestChecker(
+            config, list_files=self.manager.list_files, styles=self.style_library
+        )
         self.wildcards = Wildcards(config.wildcards_path)
         self.hasher = FileHasher()
         self._expansion: PromptExpansion | None = None
@@ -88,145 +79,14 @@ class Engine:
 
     def plan(self, request: EngineRequest) -> Plan:
         """``request`` resolved against its performance and the LoRA files on disk."""
-        return plan_request(request, self.manager.list_files("loras"))
+        return self.checker.plan(request)
 
     def check(self, request: EngineRequest) -> None:
         """Raise EngineInputError / FeatureNotSupportedError for anything this engine cannot do.
 
-        Runs before any model loads; each error names the request field at fault.
+        Runs before any model loads (:mod:`engine.check`); each error names the request field.
         """
-        for name, value in (("width", request.width), ("height", request.height)):
-            if value <= 0 or value % LATENT_SCALE:
-                raise EngineInputError(
-                    name, f"{name} must be a positive multiple of 8, not {value}"
-                )
-        if request.image_number < 1:
-            raise EngineInputError("image_number", "image_number must be at least 1")
-        if request.clip_skip < 1:
-            raise EngineInputError("clip_skip", "clip_skip must be at least 1")
-        if request.metadata_scheme not in METADATA_SCHEMES:
-            raise EngineInputError("metadata_scheme", f"unknown scheme '{request.metadata_scheme}'")
-        plan = self.plan(request)
-        get_sampler(plan.sampler)
-        check_scheduler(plan.scheduler, plan.steps)
-        if plan.scheduler == "edm_playground_v2.5" and plan.sampler in DISCRETE_TIME_SAMPLERS:
-            # These samplers step on the 1000 training timesteps of an eps model; EDM's
-            # continuous sigmas have no such grid, so the result would be noise.
-            raise EngineInputError(
-                "sampler_name",
-                f"sampler '{plan.sampler}' needs a discrete-time model; "
-                "it cannot run with the edm_playground_v2.5 scheduler",
-            )
-        self.style_library.check(request.style_selections)
-        self._check_unsupported(request, plan)
-        self._check_image_inputs(request)
-        self._check_inpaint(request)
-        self._check_image_prompts(request)
-        self._check_file("checkpoints", request.base_model_name, "base_model_name")
-        if plan.refiner != NO_MODEL:
-            self._check_file("checkpoints", plan.refiner, "refiner_model_name")
-        if request.vae_name not in (DEFAULT_VAE, NO_MODEL):
-            self._check_file("vae", request.vae_name, "vae_name")
-        user_loras = len(plan.loras) - (
-            1 if PERFORMANCES[request.performance_selection].restricted else 0
-        )
-        for k, (name, _) in enumerate(plan.loras):
-            self._check_file("loras", name, "loras" if k < user_loras else "performance_selection")
-        if FOOOCUS_V2 in request.style_selections and plan.lines.main:
-            for name in EXPANSION_FILES:
-                self._check_file(EXPANSION_FOLDER, name, "style_selections", listed=False)
-        if request.black_out_nsfw:
-            self._check_file(SAFETY_FOLDER, SAFETY_FILE, "black_out_nsfw", listed=False)
-
-    def _check_unsupported(self, request: EngineRequest, plan: Plan) -> None:
-        refusals = (
-            (
-                plan.refiner != NO_MODEL and request.refiner_swap_method == "vae",
-                "refiner_swap_method",
-                "the 'vae' refiner swap is not supported; use 'joint' or 'separate'",
-            ),
-            (
-                request.refiner_swap_method not in ("joint", "separate", "vae"),
-                "refiner_swap_method",
-                f"unknown refiner swap method '{request.refiner_swap_method}'",
-            ),
-        )
-        for refused, field, message in refusals:
-            if refused:
-                error = FeatureNotSupportedError if "unknown" not in message else EngineInputError
-                raise error(field, message)
-
-    def _check_image_inputs(self, request: EngineRequest) -> None:
-        """The image-input fields: known methods, images present and non-empty, files there."""
-        if request.uov_method not in UOV_METHODS:
-            raise EngineInputError("uov_method", f"unknown uov_method '{request.uov_method}'")
-        if request.uov_method != "Disabled" and request.inpaint_input_image is None:
-            image = request.uov_input_image
-            if image is None:
-                raise EngineInputError(
-                    "uov_input_image", f"uov_method '{request.uov_method}' needs an input image"
-                )
-            if image.width < 1 or image.height < 1:
-                raise EngineInputError("uov_input_image", "the input image is empty")
-            if request.uov_method == CUSTOM_UPSCALE and not (
-                MIN_UPSCALE <= request.upscale_multiple <= MAX_UPSCALE
-            ):
-                raise EngineInputError(
-                    "upscale_multiple",
-                    f"upscale_multiple must be within {MIN_UPSCALE:g}..{MAX_UPSCALE:g}",
-                )
-            if is_upscale(request.uov_method):
-                self._check_file(UPSCALER_FOLDER, UPSCALER_FILE, "uov_method", listed=False)
-
-    def _check_inpaint(self, request: EngineRequest) -> None:
-        """Inpaint/outpaint fields: a usable image and mask, known engine and directions."""
-        if request.inpaint_input_image is None:
-            if request.outpaint_selections:
-                raise EngineInputError("inpaint_input_image", "outpaint needs an input image")
-            return
-        image = request.inpaint_input_image
-        if image.width < 1 or image.height < 1:
-            raise EngineInputError("inpaint_input_image", "the input image is empty")
-        if request.inpaint_engine not in INPAINT_ENGINES:
-            raise EngineInputError(
-                "inpaint_engine", f"unknown inpaint engine '{request.inpaint_engine}'"
-            )
-        known = {d.lower() for d in OUTPAINT_DIRECTIONS}
-        for direction in request.outpaint_selections:
-            if direction.lower() not in known:
-                raise EngineInputError(
-                    "outpaint_selections", f"unknown outpaint direction '{direction}'"
-                )
-        if not request.outpaint_selections:
-            mask = prepare_mask(request, image.size)
-            if not (mask > 127).any():
-                raise EngineInputError(
-                    "inpaint_mask_image", "the mask has no white pixels and no outpaint is asked"
-                )
-        if request.inpaint_engine != NO_MODEL:
-            self._check_file(INPAINT_FOLDER, INPAINT_HEAD_FILE, "inpaint_engine", listed=False)
-            name = INPAINT_PATCH_FILES[request.inpaint_engine]
-            self._check_file(INPAINT_FOLDER, name, "inpaint_engine", listed=False)
-
-    def _check_image_prompts(self, request: EngineRequest) -> None:
-        """Image-prompt slots: known types, non-empty images, their model files available."""
-        for slot in resolve_slots(request):
-            if slot.image.width < 1 or slot.image.height < 1:
-                raise EngineInputError(IMAGE_PROMPT_FIELD, f"the {slot.cn_type} image is empty")
-        if request.debugging_cn_preprocessor:
-            return  # the maps need no model
-        for folder, name in required_files(request):
-            self._check_file(folder, name, IMAGE_PROMPT_FIELD, listed=False)
-
-    def _check_file(self, folder: str, name: str, field: str, *, listed: bool = True) -> None:
-        """Available: downloadable, or in the folder's listing (``listed``) or on disk."""
-        if f"{folder}/{name}" in self.config.downloads:
-            return
-        if listed and name in self.manager.list_files(folder):
-            return
-        if not listed and (self.config.models_dir / folder / name).is_file():
-            return
-        raise EngineInputError(field, f"{folder} file '{name}' is not available")
+        self.checker.check(request)
 
     def embedding_library(self) -> EmbeddingLibrary:
         """The textual-inversion files in ``models/embeddings`` as they are now (read lazily)."""

@@ -1,4 +1,8 @@
-"""A request resolved against its performance preset: what will actually run (reference §1)."""
+"""A request resolved against its performance preset: what will actually run (reference §1).
+
+Plain Python (no torch): the request check of :mod:`engine.check` resolves requests with it in
+web processes too.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,33 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.guidance import GuidanceSettings
-from engine.options import MAX_LORAS, NO_MODEL, PERFORMANCES
-from engine.prompts.encoding import split_lines
+from PIL import Image
+
+from engine.config import (
+    CLIP_VISION_FILE,
+    CLIP_VISION_FOLDER,
+    CONTROL_LORA_FILES,
+    CONTROLNET_FOLDER,
+    IP_ADAPTER_FILES,
+    IP_NEGATIVE_FILE,
+)
+from engine.options import CN_TYPE_DEFAULTS, MAX_LORAS, NO_MODEL, PERFORMANCES
 from engine.prompts.per_image import PromptLines
-from engine.prompts.syntax import extract_lora_tags, merge_prompt_loras
+from engine.prompts.syntax import extract_lora_tags, merge_prompt_loras, split_lines
 from engine.types import EngineInputError, EngineRequest
+
+IMAGE_PROMPT_FIELD = "controlnet_image"
+"""The API field of the image-prompt slots (errors about a slot name it)."""
+
+
+@dataclass(frozen=True)
+class GuidanceSettings:
+    """The per-request guidance knobs (already forced for the LoRA performances)."""
+
+    guidance_scale: float = 4.0
+    sharpness: float = 2.0
+    adaptive_cfg: float = 7.0
+    adm_scaler_end: float = 0.3
 
 
 @dataclass(frozen=True)
@@ -108,3 +133,43 @@ def plan_request(request: EngineRequest, lora_files: Sequence[str] = ()) -> Plan
         lines,
         steps,
     )
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One image prompt with its type's defaults filled in."""
+
+    image: Image.Image
+    cn_type: str
+    stop: float
+    weight: float
+
+    @property
+    def is_control(self) -> bool:
+        """True for the ControlNet types (PyraCanny, CPDS)."""
+        return self.cn_type in CONTROL_LORA_FILES
+
+
+def resolve_slots(request: EngineRequest) -> list[Slot]:
+    """The request's image prompts; a None stop or weight takes its type's default."""
+    slots = []
+    for spec in request.image_prompts:
+        if spec.cn_type not in CN_TYPE_DEFAULTS:
+            raise EngineInputError(IMAGE_PROMPT_FIELD, f"unknown cn_type '{spec.cn_type}'")
+        default_stop, default_weight = CN_TYPE_DEFAULTS[spec.cn_type]
+        stop = default_stop if spec.stop is None else float(spec.stop)
+        weight = default_weight if spec.weight is None else float(spec.weight)
+        slots.append(Slot(spec.image, spec.cn_type, stop, weight))
+    return slots
+
+
+def required_files(request: EngineRequest) -> list[tuple[str, str]]:
+    """(folder, file) of every model the request's image prompts need."""
+    types = {spec.cn_type for spec in request.image_prompts}
+    controls = sorted(types & set(CONTROL_LORA_FILES))
+    files = [(CONTROLNET_FOLDER, CONTROL_LORA_FILES[t]) for t in controls]
+    adapters = sorted(types & set(IP_ADAPTER_FILES))
+    if adapters:
+        files += [(CLIP_VISION_FOLDER, CLIP_VISION_FILE), (CONTROLNET_FOLDER, IP_NEGATIVE_FILE)]
+        files += [(CONTROLNET_FOLDER, IP_ADAPTER_FILES[t]) for t in adapters]
+    return files

@@ -113,7 +113,6 @@ class EngineRequest:
     freeu_s1: float = 0.99
     freeu_s2: float = 0.95
     disable_preview: bool = False
-    disable_intermediate_results: bool = False
     disable_seed_increment: bool = False
     black_out_nsfw: bool = False
     read_wildcards_in_order: bool = False
@@ -137,8 +136,6 @@ class EngineRequest:
     inpaint_erode_or_dilate: int = 0
     debugging_inpaint_preprocessor: bool = False
     image_prompts: tuple[ImagePromptSpec, ...] = ()
-    mixing_image_prompt_and_vary_upscale: bool = False
-    mixing_image_prompt_and_inpaint: bool = False
     debugging_cn_preprocessor: bool = False
     skipping_cn_preprocessor: bool = False
     canny_low_threshold: int = 64

@@ -1,18 +1,21 @@
 """What this server offers: model files, styles, presets — read from the engine's folders.
 
-Web processes use it to validate requests and answer ``/v1/engines/*`` without loading models.
+Web processes use it to validate requests and answer ``/v1/engines/*`` without loading models:
+everything here is the engine's torch-free part (folder listings, the style library, presets and
+:class:`engine.check.RequestChecker`, the same check ``Engine.generate`` runs first).
 """
 
 from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
 
 from django.conf import settings
 
-from engine.config import EngineConfig
+from engine.check import RequestChecker
+from engine.config import EngineConfig, list_model_files
 from engine.presets import Preset, all_checksums, all_downloads, list_presets, load_preset
+from engine.prompts.styles import StyleLibrary
 from engine.types import EngineRequest
 
 
@@ -25,16 +28,7 @@ class Catalog:
 
     def list_files(self, folder: str) -> list[str]:
         """Model files (and diffusers folders) present in ``models/<folder>``."""
-        return self._manager.list_files(folder)
-
-    @functools.cached_property
-    def _manager(self) -> Any:
-        import torch
-
-        from engine.models.manager import ModelManager
-
-        # Only used to list folders: no model is ever loaded through it.
-        return ModelManager(self.config, torch.device("cpu"), torch.float32)
+        return list_model_files(self.config.models_dir, folder)
 
     def downloadable(self, folder: str) -> list[str]:
         prefix = f"{folder}/"
@@ -46,20 +40,21 @@ class Catalog:
             return False
         return name in self.list_files(folder) or f"{folder}/{name}" in self.config.downloads
 
-    def styles(self) -> list[str]:
-        from engine.prompts.styles import StyleLibrary
-
-        return StyleLibrary.from_config(self.config).names()
-
     @functools.cached_property
-    def _engine(self) -> Any:
-        from engine.pipeline import Engine
+    def _styles(self) -> StyleLibrary:
+        # One library per process: it re-reads its files when they change on disk and fetches
+        # Fooocus's style files on first use when downloads are allowed.
+        return StyleLibrary.from_config(self.config)
 
-        return Engine(self.config)
+    def style_library(self) -> StyleLibrary:
+        return self._styles
+
+    def styles(self) -> list[str]:
+        return self._styles.names()
 
     def check(self, request: EngineRequest) -> None:
-        """The engine's own check of a request, without loading any model."""
-        self._engine.check(request)
+        """The engine's own check of a request (:mod:`engine.check`), without loading a model."""
+        RequestChecker(self.config, styles=self.style_library()).check(request)
 
     def presets(self) -> list[str]:
         return list_presets(self.presets_dir)

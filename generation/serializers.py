@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -9,8 +10,10 @@ from django.conf import settings
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
+from rest_framework.fields import empty
 
 from engine import options
+from generation import fields
 from generation.catalog import Catalog
 from generation.images import ImageInputError, ImageInputField, check_webhook_target
 
@@ -33,17 +36,49 @@ def parse_aspect_ratio(value: str) -> tuple[int, int]:
     return width, height
 
 
-class LoraSerializer(serializers.Serializer):
-    enabled = serializers.BooleanField(default=True)
+class EngineDefaults(serializers.Serializer):
+    # A serializer whose engine-backed fields take their defaults from generation.fields: they are
+    # declared without one (types, ranges and checks only) and each instance fills it in, so the
+    # engine's request type stays the one place a default is written. Fields the server reads
+    # (no engine counterpart) declare their own. (A comment, not a docstring: drf-spectacular
+    # would put a docstring into the schema of every subclass.)
+
+    # The list field of generation.fields.NESTED_FIELDS whose items this serializer validates.
+    item_of: str | None = None
+
+    def default_for(self, name: str) -> Any:
+        if self.item_of is not None:
+            return fields.nested_default(self.item_of, name)
+        return fields.api_default(name)
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        declared = super().get_fields()
+        for name, field in declared.items():
+            default = self.default_for(name)
+            if default is dataclasses.MISSING:
+                continue
+            if field.default is not empty and field.default is not None:
+                raise AssertionError(f"{type(self).__name__}.{name}: its default is the engine's")
+            field.default = default
+            field.required = False
+        return declared
+
+
+class LoraSerializer(EngineDefaults):
+    item_of = "loras"
+
+    enabled = serializers.BooleanField()
     model_name = serializers.CharField(allow_blank=False, max_length=255)
-    weight = serializers.FloatField(default=0.5, min_value=-2.0, max_value=2.0)
+    weight = serializers.FloatField(min_value=-2.0, max_value=2.0)
 
 
-class ImagePromptSerializer(serializers.Serializer):
+class ImagePromptSerializer(EngineDefaults):
+    item_of = "controlnet_image"
+
     cn_img = ImageInputField()
-    cn_stop = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=1)
-    cn_weight = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=2)
-    cn_type = serializers.ChoiceField(choices=options.CN_TYPES, default="ImagePrompt")
+    cn_stop = serializers.FloatField(allow_null=True, min_value=0, max_value=1)
+    cn_weight = serializers.FloatField(allow_null=True, min_value=0, max_value=2)
+    cn_type = serializers.ChoiceField(choices=options.CN_TYPES)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         default_stop, default_weight = options.CN_TYPE_DEFAULTS[attrs["cn_type"]]
@@ -59,95 +94,90 @@ def _overwrite(value: float, low: float, high: float) -> None:
         raise serializers.ValidationError(f"must be -1 (off) or in {low}..{high}")
 
 
-class GenerateRequestSerializer(serializers.Serializer):
+class GenerateRequestSerializer(EngineDefaults):
     """Every field of FooocusAPI's generate request. Defaults are the built-in ones; presets are
     merged into the data before validation (a field the client sent always wins)."""
 
-    prompt = serializers.CharField(default="", allow_blank=True, trim_whitespace=False)
-    negative_prompt = serializers.CharField(default="", allow_blank=True, trim_whitespace=False)
-    style_selections = serializers.ListField(
-        child=serializers.CharField(), default=["Fooocus V2", "Fooocus Enhance", "Fooocus Sharp"]
+    # The built-in defaults of engine-backed fields are the engine's (see EngineDefaults).
+
+    prompt = serializers.CharField(allow_blank=True, trim_whitespace=False)
+    negative_prompt = serializers.CharField(allow_blank=True, trim_whitespace=False)
+    style_selections = serializers.ListField(child=serializers.CharField())
+    performance_selection = serializers.ChoiceField(choices=list(options.PERFORMANCES))
+    aspect_ratios_selection = serializers.CharField(
+        default=f"{fields.ENGINE_FIELDS['width'].default}*{fields.ENGINE_FIELDS['height'].default}"
     )
-    performance_selection = serializers.ChoiceField(
-        choices=list(options.PERFORMANCES), default="Speed"
-    )
-    aspect_ratios_selection = serializers.CharField(default="1152*896")
-    image_number = serializers.IntegerField(default=1, min_value=1, max_value=32)
-    image_seed = serializers.IntegerField(default=-1, min_value=-1, max_value=MAX_SEED)
-    sharpness = serializers.FloatField(default=2.0, min_value=0, max_value=30)
-    guidance_scale = serializers.FloatField(default=4.0, min_value=1, max_value=30)
-    base_model_name = serializers.CharField(default="")
-    refiner_model_name = serializers.CharField(default=options.NO_MODEL)
-    refiner_switch = serializers.FloatField(default=0.5, min_value=0.1, max_value=1.0)
-    loras = serializers.ListField(child=LoraSerializer(), default=list)
+    image_number = serializers.IntegerField(min_value=1, max_value=32)
+    image_seed = serializers.IntegerField(min_value=-1, max_value=MAX_SEED)
+    sharpness = serializers.FloatField(min_value=0, max_value=30)
+    guidance_scale = serializers.FloatField(min_value=1, max_value=30)
+    base_model_name = serializers.CharField()
+    refiner_model_name = serializers.CharField()
+    refiner_switch = serializers.FloatField(min_value=0.1, max_value=1.0)
+    loras = serializers.ListField(child=LoraSerializer())
     input_image_checkbox = serializers.BooleanField(default=True)
     current_tab = serializers.CharField(default="", allow_blank=True)
-    uov_method = serializers.ChoiceField(choices=options.UOV_METHODS, default="Disabled")
-    upscale_multiple = serializers.FloatField(default=1.0, min_value=1.0, max_value=5.0)
+    uov_method = serializers.ChoiceField(choices=options.UOV_METHODS)
+    upscale_multiple = serializers.FloatField(
+        min_value=options.MIN_UPSCALE, max_value=options.MAX_UPSCALE
+    )
     uov_input_image = ImageInputField()
     outpaint_selections = serializers.ListField(
-        child=serializers.ChoiceField(choices=options.OUTPAINT_DIRECTIONS), default=list
+        child=serializers.ChoiceField(choices=options.OUTPAINT_DIRECTIONS)
     )
     outpaint_distance = serializers.ListField(
-        child=serializers.IntegerField(min_value=0, max_value=4096),
-        min_length=4,
-        max_length=4,
-        default=[0, 0, 0, 0],
+        child=serializers.IntegerField(min_value=0, max_value=4096), min_length=4, max_length=4
     )
     inpaint_input_image = ImageInputField()
     inpaint_mask_image_upload = ImageInputField()
-    inpaint_additional_prompt = serializers.CharField(default="", allow_blank=True)
-    controlnet_image = serializers.ListField(
-        child=ImagePromptSerializer(), default=list, max_length=4
-    )
-    disable_preview = serializers.BooleanField(default=False)
+    inpaint_additional_prompt = serializers.CharField(allow_blank=True)
+    controlnet_image = serializers.ListField(child=ImagePromptSerializer(), max_length=4)
+    disable_preview = serializers.BooleanField()
     disable_intermediate_results = serializers.BooleanField(default=False)
-    disable_seed_increment = serializers.BooleanField(default=False)
-    black_out_nsfw = serializers.BooleanField(default=False)
-    adm_scaler_positive = serializers.FloatField(default=1.5, min_value=0, max_value=3)
-    adm_scaler_negative = serializers.FloatField(default=0.8, min_value=0, max_value=3)
-    adm_scaler_end = serializers.FloatField(default=0.3, min_value=0, max_value=1)
-    adaptive_cfg = serializers.FloatField(default=7.0, min_value=1, max_value=30)
-    clip_skip = serializers.IntegerField(default=2, min_value=1, max_value=12)
-    sampler_name = serializers.ChoiceField(choices=options.SAMPLERS, default="dpmpp_2m_sde_gpu")
-    scheduler_name = serializers.ChoiceField(choices=options.SCHEDULERS, default="karras")
-    vae_name = serializers.CharField(default=options.DEFAULT_VAE)
-    overwrite_step = serializers.IntegerField(default=-1)
-    overwrite_switch = serializers.FloatField(default=-1)
+    disable_seed_increment = serializers.BooleanField()
+    black_out_nsfw = serializers.BooleanField()
+    adm_scaler_positive = serializers.FloatField(min_value=0, max_value=3)
+    adm_scaler_negative = serializers.FloatField(min_value=0, max_value=3)
+    adm_scaler_end = serializers.FloatField(min_value=0, max_value=1)
+    adaptive_cfg = serializers.FloatField(min_value=1, max_value=30)
+    clip_skip = serializers.IntegerField(min_value=1, max_value=12)
+    sampler_name = serializers.ChoiceField(choices=options.SAMPLERS)
+    scheduler_name = serializers.ChoiceField(choices=options.SCHEDULERS)
+    vae_name = serializers.CharField()
+    overwrite_step = serializers.IntegerField()
+    overwrite_switch = serializers.FloatField()
     overwrite_width = serializers.IntegerField(default=-1)
     overwrite_height = serializers.IntegerField(default=-1)
-    overwrite_vary_strength = serializers.FloatField(default=-1)
-    overwrite_upscale_strength = serializers.FloatField(default=-1)
+    overwrite_vary_strength = serializers.FloatField()
+    overwrite_upscale_strength = serializers.FloatField()
     mixing_image_prompt_and_vary_upscale = serializers.BooleanField(default=False)
     mixing_image_prompt_and_inpaint = serializers.BooleanField(default=False)
-    debugging_cn_preprocessor = serializers.BooleanField(default=False)
-    skipping_cn_preprocessor = serializers.BooleanField(default=False)
-    canny_low_threshold = serializers.IntegerField(default=64, min_value=1, max_value=255)
-    canny_high_threshold = serializers.IntegerField(default=128, min_value=1, max_value=255)
-    refiner_swap_method = serializers.ChoiceField(
-        choices=options.REFINER_SWAP_METHODS, default="joint"
-    )
-    controlnet_softness = serializers.FloatField(default=0.25, min_value=0, max_value=1)
-    freeu_enabled = serializers.BooleanField(default=False)
-    freeu_b1 = serializers.FloatField(default=1.01)
-    freeu_b2 = serializers.FloatField(default=1.02)
-    freeu_s1 = serializers.FloatField(default=0.99)
-    freeu_s2 = serializers.FloatField(default=0.95)
-    debugging_inpaint_preprocessor = serializers.BooleanField(default=False)
-    inpaint_disable_initial_latent = serializers.BooleanField(default=False)
-    inpaint_engine = serializers.ChoiceField(choices=options.INPAINT_ENGINES, default="v2.6")
-    inpaint_strength = serializers.FloatField(default=1.0, min_value=0, max_value=1)
-    inpaint_respective_field = serializers.FloatField(default=0.618, min_value=0, max_value=1)
+    debugging_cn_preprocessor = serializers.BooleanField()
+    skipping_cn_preprocessor = serializers.BooleanField()
+    canny_low_threshold = serializers.IntegerField(min_value=1, max_value=255)
+    canny_high_threshold = serializers.IntegerField(min_value=1, max_value=255)
+    refiner_swap_method = serializers.ChoiceField(choices=options.REFINER_SWAP_METHODS)
+    controlnet_softness = serializers.FloatField(min_value=0, max_value=1)
+    freeu_enabled = serializers.BooleanField()
+    freeu_b1 = serializers.FloatField()
+    freeu_b2 = serializers.FloatField()
+    freeu_s1 = serializers.FloatField()
+    freeu_s2 = serializers.FloatField()
+    debugging_inpaint_preprocessor = serializers.BooleanField()
+    inpaint_disable_initial_latent = serializers.BooleanField()
+    inpaint_engine = serializers.ChoiceField(choices=options.INPAINT_ENGINES)
+    inpaint_strength = serializers.FloatField(min_value=0, max_value=1)
+    inpaint_respective_field = serializers.FloatField(min_value=0, max_value=1)
     inpaint_mask_upload_checkbox = serializers.BooleanField(default=False)
-    invert_mask_checkbox = serializers.BooleanField(default=False)
-    inpaint_erode_or_dilate = serializers.IntegerField(default=0, min_value=-64, max_value=64)
+    invert_mask_checkbox = serializers.BooleanField()
+    inpaint_erode_or_dilate = serializers.IntegerField(min_value=-64, max_value=64)
     generate_image_grid = serializers.BooleanField(default=False)
     preset = serializers.CharField(default="initial")
     save_metadata_to_images = serializers.BooleanField(default=True)
-    metadata_scheme = serializers.ChoiceField(choices=options.METADATA_SCHEMES, default="fooocus")
+    metadata_scheme = serializers.ChoiceField(choices=options.METADATA_SCHEMES)
     output_format = serializers.CharField(default="png")
     save_name = serializers.CharField(default=None, allow_null=True, allow_blank=True)
-    read_wildcards_in_order = serializers.BooleanField(default=False)
+    read_wildcards_in_order = serializers.BooleanField()
     require_base64 = serializers.BooleanField(default=False)
     async_process = serializers.BooleanField(default=False)
     stream_output = serializers.BooleanField(default=False)

@@ -8,6 +8,7 @@ from django.conf import settings
 from rest_framework.exceptions import ValidationError
 
 from engine.types import EngineInputError
+from generation import fields
 from generation.access import ANONYMOUS, Caller, RateLimited, queued_task_limit
 from generation.catalog import get_catalog
 from generation.params import build_req_params, engine_request_from_params, validate_generate
@@ -18,15 +19,6 @@ from history.models import Task
 
 # What a client refused for a full queue (its own or the server's) is told to wait.
 RETRY_AFTER_SECONDS = 10
-
-# The engine names its request's fields; a 422 names the API's field the client sent.
-ENGINE_TO_API_FIELDS = {
-    "inpaint_mask_image": "inpaint_mask_image_upload",
-    "image_prompts": "controlnet_image",
-    "width": "aspect_ratios_selection",
-    "height": "aspect_ratios_selection",
-    "steps": "overwrite_step",
-}
 
 
 def submit_generate(
@@ -48,8 +40,8 @@ def submit_generate(
     try:
         catalog.check(engine_request_from_params(validated.values, load_images=False))
     except EngineInputError as exc:
-        field = ENGINE_TO_API_FIELDS.get(exc.field, exc.field)
-        raise ValidationError({field: [exc.message]}) from exc
+        # The engine names its request's fields; a 422 names the API's field the client sent.
+        raise ValidationError({fields.api_name(exc.field): [exc.message]}) from exc
     params = build_req_params(validated)
     webhook_url = params.get("webhook_url") or settings.FOOOCUS_WEBHOOK_URL
     try:

@@ -11,7 +11,6 @@ on me", so a worker that was given up on can never duplicate another's images.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import socket
@@ -276,14 +275,17 @@ class EngineWorker:
         _record_image(run, relative, event.image.seed, self.name)
 
     def _save_grid(self, run: _TaskRun) -> None:
+        from engine import encode_image_file
+
         images = []
         for relative in run.task.result:
             with Image.open(settings.FOOOCUS_OUTPUTS_DIR / relative) as image:
                 images.append(image.convert("RGB"))
-        grid = _grid(images)
-        buffer = io.BytesIO()
-        grid.save(buffer, format="PNG" if run.task.req_params["output_format"] == "png" else "JPEG")
-        relative = _write_output(buffer.getvalue(), run.task.req_params, len(images))
+        params = run.task.req_params
+        data = encode_image_file(
+            _grid(images), params["output_format"], None, params["metadata_scheme"]
+        )
+        relative = _write_output(data, params, len(images))
         _record_image(run, relative, -1, self.name)
 
 

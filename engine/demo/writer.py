@@ -22,6 +22,23 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import CLIPConfig, GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
 
+from engine.config import (
+    CLIP_VISION_FILE,
+    CLIP_VISION_FOLDER,
+    CONTROL_LORA_FILES,
+    CONTROLNET_FOLDER,
+    EXPANSION_FOLDER,
+    INPAINT_FOLDER,
+    INPAINT_HEAD_FILE,
+    INPAINT_PATCH_FILES,
+    IP_ADAPTER_FILES,
+    IP_NEGATIVE_FILE,
+    SAFETY_FILE,
+    SAFETY_FOLDER,
+    SIDECAR_SUFFIX,
+    UPSCALER_FILE,
+    UPSCALER_FOLDER,
+)
 from engine.demo.image_prompts import (
     write_tiny_clip_vision,
     write_tiny_clip_vision_config,
@@ -29,15 +46,6 @@ from engine.demo.image_prompts import (
     write_tiny_ip_adapter,
     write_tiny_ip_negative,
 )
-from engine.image_prompts.slots import (
-    CLIP_VISION_FILE,
-    CLIP_VISION_FOLDER,
-    CONTROL_LORA_FILES,
-    CONTROLNET_FOLDER,
-    IP_ADAPTER_FILES,
-    IP_NEGATIVE_FILE,
-)
-from engine.inpaint.patch import INPAINT_FOLDER, INPAINT_HEAD_FILE, INPAINT_PATCH_FILES
 from engine.models import checkpoint_keys as keys
 from engine.models.components import (
     SDXL_CONFIG_DIR,
@@ -46,12 +54,8 @@ from engine.models.components import (
     build_tiny_refiner,
     build_tiny_sdxl,
 )
-from engine.models.loading import SIDECAR_SUFFIX
 from engine.models.lora import LoraTargets
-from engine.output.safety import SAFETY_FILE, SAFETY_FOLDER
 from engine.prompts.embeddings import EMBEDDINGS_FOLDER
-from engine.prompts.expansion import EXPANSION_FOLDER
-from engine.uov.upscaler import UPSCALER_FILE, UPSCALER_FOLDER
 
 DEMO_CHECKPOINT = "fooocus_demo_tiny.safetensors"
 DEMO_DIFFUSERS = "fooocus_demo_tiny_diffusers"

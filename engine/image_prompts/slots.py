@@ -17,6 +17,14 @@ import torch
 from diffusers import UNet2DConditionModel
 from PIL import Image
 
+from engine.config import (
+    CLIP_VISION_FILE,
+    CLIP_VISION_FOLDER,
+    CONTROL_LORA_FILES,
+    CONTROLNET_FOLDER,
+    IP_ADAPTER_FILES,
+    IP_NEGATIVE_FILE,
+)
 from engine.image_prompts.controlnet import ControlNetAddOn, ControlUnit, load_control_lora
 from engine.image_prompts.face import face_crop
 from engine.image_prompts.ip_adapter import (
@@ -29,65 +37,12 @@ from engine.image_prompts.ip_adapter import (
 from engine.image_prompts.preprocessors import clip_input, cpds, fit_cover, pyramid_canny
 from engine.imaging import image_to_tensor
 from engine.models.loading import CheckpointFormatError
-from engine.options import CN_TYPE_DEFAULTS
+from engine.plan import IMAGE_PROMPT_FIELD as FIELD
+from engine.plan import Slot, resolve_slots
 from engine.types import EngineInputError, EngineRequest
-
-FIELD = "controlnet_image"
-CONTROLNET_FOLDER = "controlnet"
-CLIP_VISION_FOLDER = "clip_vision"
-CONTROL_LORA_FILES: dict[str, str] = {
-    "PyraCanny": "control-lora-canny-rank128.safetensors",
-    "CPDS": "fooocus_xl_cpds_128.safetensors",
-}
-IP_ADAPTER_FILES: dict[str, str] = {
-    "ImagePrompt": "ip-adapter-plus_sdxl_vit-h.bin",
-    "FaceSwap": "ip-adapter-plus-face_sdxl_vit-h.bin",
-}
-CLIP_VISION_FILE = "clip_vision_vit_h.safetensors"
-IP_NEGATIVE_FILE = "fooocus_ip_negative.safetensors"
 
 Require = Callable[[str, str], Path]
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Slot:
-    """One image prompt with its type's defaults filled in."""
-
-    image: Image.Image
-    cn_type: str
-    stop: float
-    weight: float
-
-    @property
-    def is_control(self) -> bool:
-        """True for the ControlNet types (PyraCanny, CPDS)."""
-        return self.cn_type in CONTROL_LORA_FILES
-
-
-def resolve_slots(request: EngineRequest) -> list[Slot]:
-    """The request's image prompts; a None stop or weight takes its type's default."""
-    slots = []
-    for spec in request.image_prompts:
-        if spec.cn_type not in CN_TYPE_DEFAULTS:
-            raise EngineInputError(FIELD, f"unknown cn_type '{spec.cn_type}'")
-        default_stop, default_weight = CN_TYPE_DEFAULTS[spec.cn_type]
-        stop = default_stop if spec.stop is None else float(spec.stop)
-        weight = default_weight if spec.weight is None else float(spec.weight)
-        slots.append(Slot(spec.image, spec.cn_type, stop, weight))
-    return slots
-
-
-def required_files(request: EngineRequest) -> list[tuple[str, str]]:
-    """(folder, file) of every model the request's image prompts need."""
-    types = {spec.cn_type for spec in request.image_prompts}
-    controls = sorted(types & set(CONTROL_LORA_FILES))
-    files = [(CONTROLNET_FOLDER, CONTROL_LORA_FILES[t]) for t in controls]
-    adapters = sorted(types & set(IP_ADAPTER_FILES))
-    if adapters:
-        files += [(CLIP_VISION_FOLDER, CLIP_VISION_FILE), (CONTROLNET_FOLDER, IP_NEGATIVE_FILE)]
-        files += [(CONTROLNET_FOLDER, IP_ADAPTER_FILES[t]) for t in adapters]
-    return files
 
 
 def preprocess(slot: Slot, request: EngineRequest, width: int, height: int) -> Image.Image:

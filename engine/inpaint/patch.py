@@ -23,13 +23,6 @@ from diffusers import UNet2DConditionModel
 from engine.models import checkpoint_keys as keys
 from engine.sampling import Denoiser
 
-INPAINT_FOLDER = "inpaint"
-INPAINT_HEAD_FILE = "fooocus_inpaint_head.pth"
-INPAINT_PATCH_FILES: dict[str, str] = {
-    "v1": "inpaint.fooocus.patch",
-    "v2.5": "inpaint_v25.fooocus.patch",
-    "v2.6": "inpaint_v26.fooocus.patch",
-}
 UNPATCHED_FRACTION = 0.2  # the last 20% of the steps run without the patch and head
 LDM_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
 

@@ -15,11 +15,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from engine.config import INPAINT_FOLDER, INPAINT_HEAD_FILE, INPAINT_PATCH_FILES
 from engine.inpaint.mask import InpaintInput, paste_back, prepare_inpaint
 from engine.inpaint.patch import (
-    INPAINT_FOLDER,
-    INPAINT_HEAD_FILE,
-    INPAINT_PATCH_FILES,
     UNPATCHED_FRACTION,
     BlendingDenoiser,
     InpaintPatch,

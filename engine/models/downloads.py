@@ -36,7 +36,7 @@ WAIT_REPORT_S = 15.0
 ALLOWED_SCHEMES = ("http://", "https://", "file://")
 HUB = "https://huggingface.co/"
 
-log = logging.getLogger("engine.downloads")
+log = logging.getLogger("engine.models.downloads")
 
 MessageCallback = Callable[[str], None]
 ProgressCallback = Callable[[int, int | None], None]
@@ -92,7 +92,7 @@ def download_file(
     """Download ``url`` to ``target`` unless it is there already; return ``target``.
 
     Progress goes to ``on_message`` every 5 % (``"Downloading x.safetensors: 35% (12.0/34.3 MB)"``,
-    every 100 MB when the size is unknown) and to the ``engine.downloads`` log; ``on_progress``
+    every 100 MB when the size is unknown) and to the ``engine.models.downloads`` log; ``on_progress``
     gets every chunk (for a progress bar). ``sha256`` (hex) is checked when given; without it the
     file is only checked against the size the server announced. While another process downloads
     the same file this call waits (reporting that it does), up to ``wait_timeout`` seconds

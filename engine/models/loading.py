@@ -27,10 +27,9 @@ from transformers import (
     CLIPTokenizer,
 )
 
+from engine.config import SIDECAR_SUFFIX
 from engine.models import checkpoint_keys as keys
 from engine.models.components import REFINER_CONFIG_DIR, SDXL_CONFIG_DIR, SDXLComponents
-
-SIDECAR_SUFFIX = ".config"
 
 
 class CheckpointFormatError(ValueError):

@@ -17,19 +17,15 @@ from pathlib import Path
 import torch
 
 from engine.models.components import SDXLComponents
-from engine.config import MODEL_FOLDERS, EngineConfig
+from engine.config import EngineConfig, is_model_entry, list_model_files, model_folder
 from engine.models.downloads import DownloadError, download_file
-from engine.models.loading import SIDECAR_SUFFIX, CheckpointFormatError, load_checkpoint, load_vae
+from engine.models.loading import CheckpointFormatError, load_checkpoint, load_vae
 from engine.models.lora import LoraPatcher
 from engine.options import DEFAULT_VAE
 from engine.types import EngineInputError, ModelFileMissingError
 
 MessageCallback = Callable[[str], None]
 
-WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
-FOLDER_SUFFIXES: dict[str, tuple[str, ...]] = {"loras": (".safetensors",)}
-# A folder counts as a model when it holds this file (a diffusers model folder).
-FOLDER_MARKERS: dict[str, str] = {"checkpoints": "model_index.json", "vae": "config.json"}
 # The request field a bad file name in each folder is reported against.
 REQUEST_FIELDS: dict[str, str] = {
     "checkpoints": "base_model_name",
@@ -74,37 +70,12 @@ class ModelManager:
         return self._base.name if self._base else None
 
     def folder_path(self, folder: str) -> Path:
-        """``models_dir/<folder>``; ``folder`` must be one of :data:`MODEL_FOLDERS`."""
-        if folder not in MODEL_FOLDERS:
-            raise ValueError(f"unknown model folder {folder!r}; expected one of {MODEL_FOLDERS}")
-        return self.config.models_dir / folder
+        """``models_dir/<folder>`` (see :func:`engine.config.model_folder`)."""
+        return model_folder(self.config.models_dir, folder)
 
     def list_files(self, folder: str) -> list[str]:
-        """The models in ``folder``: weight files and diffusers model folders, sorted (case-blind).
-
-        Sidecar config folders (``<stem>.config/``) and hidden or partial files are not listed.
-        """
-        root = self.folder_path(folder)
-        if not root.is_dir():
-            return []
-        suffixes = FOLDER_SUFFIXES.get(folder, WEIGHT_SUFFIXES)
-        names = [
-            entry.name
-            for entry in root.iterdir()
-            if not entry.name.startswith(".") and self._is_model(folder, entry, suffixes)
-        ]
-        return sorted(names, key=lambda n: (n.casefold(), n))
-
-    @staticmethod
-    def _is_model(folder: str, entry: Path, suffixes: tuple[str, ...]) -> bool:
-        if entry.is_dir():
-            marker = FOLDER_MARKERS.get(folder)
-            return (
-                marker is not None
-                and not entry.name.endswith(SIDECAR_SUFFIX)
-                and (entry / marker).is_file()
-            )
-        return entry.suffix.lower() in suffixes
+        """The models in ``folder`` (see :func:`engine.config.list_model_files`)."""
+        return list_model_files(self.config.models_dir, folder)
 
     def require(
         self, folder: str, filename: str, on_message: MessageCallback | None = None
@@ -125,7 +96,7 @@ class ModelManager:
             raise EngineInputError(field, f"{filename!r} is not a valid {folder} file name")
         path = root / filename
         if path.exists():
-            if path.is_dir() and not self._is_model(folder, path, ()):
+            if path.is_dir() and not is_model_entry(folder, path, ()):
                 raise EngineInputError(field, f"{filename} in {root} is not a model folder")
             return path
         key = f"{folder}/{filename}"

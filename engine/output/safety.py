@@ -20,8 +20,6 @@ from transformers import CLIPConfig, CLIPImageProcessor
 from engine.models.components import CONFIG_DIR
 from engine.models.loading import open_weights, sidecar_config_dir
 
-SAFETY_FOLDER = "safety_checker"
-SAFETY_FILE = "stable-diffusion-safety-checker.bin"
 SAFETY_CONFIG_DIR = CONFIG_DIR / "safety_checker"
 
 

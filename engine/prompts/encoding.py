@@ -28,21 +28,6 @@ _ESCAPED_OPEN = "\x00\x01"
 _ESCAPED_CLOSE = "\x00\x02"
 
 
-def safe_str(text: str) -> str:
-    """Collapse double spaces and strip ``,. \\r\\n`` at both ends (Fooocus's cleaning)."""
-    for _ in range(16):
-        text = text.replace("  ", " ")
-    return text.strip(",. \r\n")
-
-
-def split_lines(text: str) -> tuple[str, list[str]]:
-    """The main line and the extra lines of a multi-line prompt, cleaned, empty lines dropped."""
-    lines = [line for line in (safe_str(raw) for raw in text.splitlines()) if line]
-    if not lines:
-        return "", []
-    return lines[0], lines[1:]
-
-
 def parse_emphasis(text: str, weight: float = 1.0) -> list[tuple[str, float]]:
     """Split ``text`` into (segment, weight) pairs.
 

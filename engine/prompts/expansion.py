@@ -15,18 +15,8 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, GPT2LMHeadModel, LogitsProcessor, LogitsProcessorList
 
-from engine.prompts.encoding import safe_str
+from engine.prompts.syntax import safe_str
 
-EXPANSION_FOLDER = "prompt_expansion/fooocus_expansion"
-# The files of the expansion model folder; each is fetched on demand when missing.
-EXPANSION_FILES: tuple[str, ...] = (
-    "config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "positive.txt",
-    "pytorch_model.bin",
-)
-EXPANSION_WEIGHTS = "pytorch_model.bin"
 SEED_LIMIT = 2**32  # numpy's seed range, which Fooocus's set_seed call inherits
 TOP_K = 100
 WINDOW = 75

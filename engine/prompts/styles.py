@@ -56,7 +56,7 @@ RETRY_FAILED_DOWNLOAD_S = 300.0
 """A style download that failed is not tried again by the same process for this long."""
 IMPORT_HINT = "copy them from a Fooocus install with `python manage.py import_styles <folder>`"
 
-log = logging.getLogger("engine.styles")
+log = logging.getLogger("engine.prompts.styles")
 
 
 @dataclass(frozen=True)

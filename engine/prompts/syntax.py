@@ -116,3 +116,18 @@ def apply_arrays(text: str, index: int) -> str:
         text = text.replace(f"[[{group}]]", choice[position % len(choice)], 1)
         position //= len(choice)
     return text
+
+
+def safe_str(text: str) -> str:
+    """Collapse double spaces and strip ``,. \\r\\n`` at both ends (Fooocus's cleaning)."""
+    for _ in range(16):
+        text = text.replace("  ", " ")
+    return text.strip(",. \r\n")
+
+
+def split_lines(text: str) -> tuple[str, list[str]]:
+    """The main line and the extra lines of a multi-line prompt, cleaned, empty lines dropped."""
+    lines = [line for line in (safe_str(raw) for raw in text.splitlines()) if line]
+    if not lines:
+        return "", []
+    return lines[0], lines[1:]

@@ -14,7 +14,10 @@ import math
 
 import torch
 
+from engine.options import PLAYGROUND_SCHEDULER, SCHEDULERS, check_scheduler
 from engine.types import EngineInputError
+
+SUPPORTED_SCHEDULERS: tuple[str, ...] = SCHEDULERS
 
 TRAINING_STEPS = 1000
 BETA_START = 0.00085
@@ -24,11 +27,9 @@ KARRAS_RHO = 7.0
 DISTILLED_STEPS = 50
 LCM_SIGMA_DATA = 0.5
 LCM_TIMESTEP_SCALING = 10.0
-TURBO_MAX_STEPS = 10
 # NVIDIA's "Align Your Steps" noise levels for SDXL (from the AYS paper's published table).
 # Fooocus's EDM model sampling for Playground v2.5 (ComfyUI's ModelSamplingContinuousEDM with
 # sampling "edm_playground_v2.5", sigma_max 120, sigma_min 0.002).
-PLAYGROUND_SCHEDULER = "edm_playground_v2.5"
 EDM_SIGMA_MIN = 0.002
 EDM_SIGMA_MAX = 120.0
 EDM_SIGMA_DATA = 0.5
@@ -44,20 +45,6 @@ AYS_SDXL_SIGMAS: tuple[float, ...] = (
     0.2332,
     0.1114,
     0.0292,
-)
-
-SUPPORTED_SCHEDULERS: tuple[str, ...] = (
-    "normal",
-    "karras",
-    "exponential",
-    "sgm_uniform",
-    "simple",
-    "ddim_uniform",
-    "lcm",
-    "tcd",
-    "turbo",
-    "align_your_steps",
-    PLAYGROUND_SCHEDULER,
 )
 
 
@@ -205,17 +192,6 @@ def schedule_for(scheduler_name: str) -> tuple[NoiseSchedule, str]:
     if scheduler_name == "tcd":
         return NoiseSchedule(distilled=True), "sgm_uniform"
     return NoiseSchedule(), scheduler_name
-
-
-def check_scheduler(scheduler_name: str, steps: int | None = None) -> None:
-    """Raise the typed error for a scheduler this engine cannot run (with ``steps`` if known)."""
-    if scheduler_name not in SUPPORTED_SCHEDULERS:
-        raise EngineInputError("scheduler_name", f"unknown scheduler '{scheduler_name}'")
-    if scheduler_name == "turbo" and steps is not None and steps > TURBO_MAX_STEPS:
-        raise EngineInputError(
-            "scheduler_name",
-            f"scheduler 'turbo' has {TURBO_MAX_STEPS} timesteps; {steps} steps were asked for",
-        )
 
 
 def build_sigmas(scheduler_name: str, steps: int, schedule: NoiseSchedule) -> torch.Tensor:

@@ -16,31 +16,19 @@ from dataclasses import dataclass
 from PIL import Image
 
 from engine.imaging import fit_shape_ceil, resize, scaled_size, shape_ceil, size_unit, to_rgb
-from engine.options import PERFORMANCES
+from engine.options import (
+    CUSTOM_UPSCALE,
+    FAST_UPSCALE,
+    PERFORMANCES,
+    UPSCALE_FACTORS,
+    VARY_STRENGTHS,
+    is_vary,
+)
 from engine.types import EngineRequest
 
-VARY_STRENGTHS: dict[str, float] = {"Vary (Subtle)": 0.5, "Vary (Strong)": 0.85}
-UPSCALE_FACTORS: dict[str, float] = {
-    "Upscale (1.5x)": 1.5,
-    "Upscale (2x)": 2.0,
-    "Upscale (Fast 2x)": 2.0,
-}
-CUSTOM_UPSCALE = "Upscale (Custom)"
-FAST_UPSCALE = "Upscale (Fast 2x)"
 UPSCALE_STRENGTH = 0.382
 VARY_MIN, VARY_MAX = 1024, 2048  # shape-ceil bounds of Vary, for SDXL
 UPSCALE_DIRECT_ABOVE = 2800  # shape ceil above which Upscale returns the super-resolved image
-MIN_UPSCALE, MAX_UPSCALE = 1.0, 5.0
-
-
-def is_vary(method: str) -> bool:
-    """True for the two Vary methods."""
-    return method in VARY_STRENGTHS
-
-
-def is_upscale(method: str) -> bool:
-    """True for every Upscale method (Custom included)."""
-    return method in UPSCALE_FACTORS or method == CUSTOM_UPSCALE
 
 
 def upscale_factor(request: EngineRequest) -> float:

@@ -16,8 +16,6 @@ from PIL import Image
 
 from engine.imaging import image_to_tensor, tensor_to_image, tiled_apply
 
-UPSCALER_FOLDER = "upscale_models"
-UPSCALER_FILE = "fooocus_upscaler_s409985e5.bin"
 TILE = 512
 TILE_OVERLAP = 32
 

@@ -13,12 +13,12 @@ from PIL import Image
 from transformers import LogitsProcessor
 
 from engine import Engine, EngineConfig
+from engine.config import EXPANSION_FOLDER, SAFETY_FILE, SAFETY_FOLDER, SIDECAR_SUFFIX
 from engine.demo.writer import DEMO_EXPANSION_WORDS, tiny_safety_config, write_tiny_expansion
 from engine.freeu import fourier_filter, freeu, structure_scale
 from engine.models.components import SDXLComponents, build_tiny_sdxl
-from engine.models.loading import SIDECAR_SUFFIX
-from engine.output.safety import SAFETY_FILE, SAFETY_FOLDER, SafetyFilter
-from engine.prompts.expansion import EXPANSION_FOLDER, PromptExpansion
+from engine.output.safety import SafetyFilter
+from engine.prompts.expansion import PromptExpansion
 from tests.engine.test_pipeline import BASE, MODEL, REFINER, ROOT, FakeManager, _pixels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -47,7 +47,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         # The bars show the progress; the downloader's log lines would only repeat it.
-        logger = logging.getLogger("engine.downloads")
+        logger = logging.getLogger("engine.models.downloads")
         level = logger.level
         logger.setLevel(logging.WARNING)
         try:

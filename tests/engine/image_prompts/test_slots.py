@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from engine import Engine, EngineRequest
+from engine.config import IP_ADAPTER_FILES, IP_NEGATIVE_FILE
 from engine.demo.writer import DEMO_CHECKPOINT
 from engine.guidance import AdmTimeIds, FooocusDenoiser, GuidanceSettings, TextConditioning
 from engine.image_prompts.ip_adapter import (
@@ -19,7 +20,6 @@ from engine.image_prompts.ip_adapter import (
     PromptTokens,
     load_negative,
 )
-from engine.image_prompts.slots import IP_ADAPTER_FILES, IP_NEGATIVE_FILE
 from engine.models.components import build_tiny_sdxl
 from engine.sampling import build_sigmas, sample, schedule_for
 from engine.types import ImagePromptSpec
@@ -104,7 +104,6 @@ def test_image_prompt_mixes_with_vary(engine: Engine) -> None:
         BASE,
         uov_method="Vary (Subtle)",
         uov_input_image=picture().resize((72, 56)),
-        mixing_image_prompt_and_vary_upscale=True,
         # Vary (Subtle) starts half-way through the time axis: a stop of 0.5 would be over
         # before the first step (stops are time-based, §14.6).
         image_prompts=(ImagePromptSpec(picture(), "PyraCanny", stop=1.0),),
@@ -124,7 +123,6 @@ def test_image_prompt_mixes_with_inpaint(engine: Engine) -> None:
         inpaint_input_image=source,
         inpaint_mask_image=mask,
         inpaint_engine="None",
-        mixing_image_prompt_and_inpaint=True,
         image_prompts=(ImagePromptSpec(picture(), "ImagePrompt"),),
     )
     out = pixels(engine, request)

@@ -11,15 +11,15 @@ import torch
 from PIL import Image
 
 from engine import Engine, EngineRequest
+from engine.config import INPAINT_FOLDER, INPAINT_PATCH_FILES
 from engine.demo.writer import DEMO_CHECKPOINT
-from engine.inpaint.mask import feather, outpaint_pads, prepare_mask, region_of_interest
+from engine.inpaint.mask import feather, outpaint_pads, region_of_interest
 from engine.inpaint.patch import (
-    INPAINT_FOLDER,
-    INPAINT_PATCH_FILES,
     InpaintPatch,
     latent_mask,
     load_patch,
 )
+from engine.masks import prepare_mask
 from engine.types import EngineInputError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

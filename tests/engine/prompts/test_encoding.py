@@ -6,13 +6,8 @@ import pytest
 import torch
 
 from engine.models.components import SDXLComponents, build_tiny_sdxl
-from engine.prompts.encoding import (
-    PromptEncoder,
-    parse_emphasis,
-    safe_str,
-    split_lines,
-    tokenize_weighted,
-)
+from engine.prompts.encoding import PromptEncoder, parse_emphasis, tokenize_weighted
+from engine.prompts.syntax import safe_str, split_lines
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

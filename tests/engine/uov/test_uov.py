@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from engine import Engine, EngineEvent, EngineRequest
+from engine.config import UPSCALER_FILE, UPSCALER_FOLDER
 from engine.demo.writer import DEMO_CHECKPOINT
 from engine.imaging import (
     fit_shape_ceil,
@@ -23,7 +24,7 @@ from engine.imaging import (
 from engine.refiner import sampler_sigmas
 from engine.sampling import schedule_for
 from engine.uov.rules import tail_sigmas
-from engine.uov.upscaler import UPSCALER_FILE, UPSCALER_FOLDER, Upscaler, upscale_tiled
+from engine.uov.upscaler import Upscaler, upscale_tiled
 from engine.vae import decode_latent, encode_to_latent
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
