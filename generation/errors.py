@@ -31,7 +31,7 @@ class ApiError(APIException):
     (authentication failures raised from an authenticator, say), and our handler renders it.
     """
 
-    status_code = status.HTTP_500_INTERNAL_SERVER_ERROR
+    status_code: int = status.HTTP_500_INTERNAL_SERVER_ERROR
     default_detail = "internal error"
     default_code = "error"
 

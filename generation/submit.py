@@ -8,11 +8,12 @@ from django.conf import settings
 from rest_framework.exceptions import ValidationError
 
 from engine.types import EngineInputError
-from generation.access import ANONYMOUS, Caller, RateLimited, queued_task_limit
+from generation.access import ANONYMOUS, Caller, queued_task_limit
+from generation.announce import wake_workers
 from generation.catalog import get_catalog
+from generation.errors import RateLimited
 from generation.params import build_req_params, engine_request_from_params, validate_generate
 from generation.webhooks import send_webhook_event
-from generation.worker import wake_workers
 from history import services
 from history.models import Task
 
