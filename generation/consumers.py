@@ -179,7 +179,7 @@ class GenerateConsumer(AsyncHttpConsumer):
             await layer.group_add(task_group(task_id), channel)
         try:
             task = await self._submit(
-                data, base=base, binary=binary, task_id=task_id, caller=caller
+                data, base_url=base, binary=binary, task_id=task_id, caller=caller
             )
             task_header = [(b"X-Task-Id", task.task_id.encode())]
             if wants_stream or task.req_params.get("stream_output"):
