@@ -260,9 +260,11 @@ class EngineWorker:
         _record_image(run, relative, event.image.seed, self.name)
 
     def _save_grid(self, run: _TaskRun) -> None:
+        from history.files import outputs_dir
+
         images = []
         for relative in run.task.result:
-            with Image.open(settings.FOOOCUS_OUTPUTS_DIR / relative) as image:
+            with Image.open(outputs_dir() / relative) as image:
                 images.append(image.convert("RGB"))
         from engine.metadata import encode_image
 
