@@ -121,7 +121,7 @@ class GenerateConsumer(AsyncHttpConsumer):
             raise StopConsumer()
         await super().http_request(message)
 
-    async def send_headers(self, *, status: int = 200, headers: Any = None) -> None:
+    async def send_headers(self, *, status: int = status.HTTP_200_OK, headers: Any = None) -> None:
         extra = [(b"X-Content-Type-Options", b"nosniff"), (b"Referrer-Policy", b"same-origin")]
         origin = scope_headers(self.scope).get("origin")
         extra += [(k.encode(), v.encode()) for k, v in cors_headers(origin)]
