@@ -1,5 +1,9 @@
-"""The ASGI application: the generate consumer, Django for everything else, and the engine
-workers' channel (``python manage.py runworker fooocus-engine``)."""
+"""The ASGI application: the routes of ``generation.routing`` (the generate consumer, the engine
+workers' channel), and Django for everything else.
+
+Settings are checked before anything is served: a bad value stops daphne here with the checks'
+messages (as ``manage.py`` commands stop), instead of failing at the first request.
+"""
 
 import os
 
@@ -12,22 +16,21 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fooocus_site.settings")
 django_application = ASGIStaticFilesHandler(get_asgi_application())
 
 from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter  # noqa: E402
-from django.conf import settings  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
-from generation.consumers import GenerateConsumer  # noqa: E402
-from generation.worker import EngineChannelConsumer  # noqa: E402
+from generation.checks import stop_on_settings_errors  # noqa: E402
+from generation.routing import channel_routes, http_urlpatterns  # noqa: E402
+
+stop_on_settings_errors()
 
 application = ProtocolTypeRouter(
     {
         "http": URLRouter(
             [
-                re_path(r"^v1/engine/generate/?$", GenerateConsumer.as_asgi()),
+                *http_urlpatterns,
                 re_path(r"", django_application),  # type: ignore[arg-type]
             ]
         ),
-        "channel": ChannelNameRouter(
-            {settings.FOOOCUS_WORKER_CHANNEL: EngineChannelConsumer.as_asgi()}
-        ),
+        "channel": ChannelNameRouter(channel_routes),
     }
 )

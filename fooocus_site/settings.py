@@ -14,17 +14,64 @@ from urllib.parse import unquote, urlsplit
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
+# What could not be read from the environment: ``(check id, variable, message)``. Nothing here
+# raises, so a bad value cannot crash an import with a bare traceback; the system checks in
+# ``generation/checks.py`` report these and stop ``manage.py`` commands and daphne at start.
+FOOOCUS_SETTINGS_PROBLEMS: list[tuple[str, str, str]] = []
+
+TRUE_WORDS = {"1", "true", "yes", "on"}
+FALSE_WORDS = {"0", "false", "no", "off"}
+
+
+def _problem(check_id: str, name: str, message: str) -> None:
+    FOOOCUS_SETTINGS_PROBLEMS.append((check_id, name, message))
+
+
 def env_bool(name: str, default: bool = False) -> bool:
-    """Read a boolean environment variable (1/true/yes/on, case-insensitive)."""
-    value = os.environ.get(name)
-    if value is None or value == "":
+    """Read a boolean environment variable (1/true/yes/on or 0/false/no/off, any case)."""
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
         return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+    if value not in TRUE_WORDS | FALSE_WORDS:
+        _problem("fooocus.E001", name, f"is {value!r}; use one of 1/true/yes/on or 0/false/no/off")
+        return default
+    return value in TRUE_WORDS
 
 
-def env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "")
-    return int(value) if value.strip() else default
+def env_int(name: str, default: int, minimum: int | None = None) -> int:
+    """Read a whole number; ``minimum`` is the smallest value that makes sense."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        _problem("fooocus.E001", name, f"is {value!r}, not a whole number")
+        return default
+    if minimum is not None and number < minimum:
+        _problem("fooocus.E002", name, f"is {number}; it must be at least {minimum}")
+        return default
+    return number
+
+
+def env_float(name: str, default: float, minimum: float = 0.0, exclusive: bool = False) -> float:
+    """Read a number of seconds (or another non-negative quantity); ``exclusive`` refuses 0."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        _problem("fooocus.E001", name, f"is {value!r}, not a number")
+        return default
+    if number != number or number in (float("inf"), float("-inf")):
+        _problem("fooocus.E001", name, f"is {value!r}, not a finite number")
+        return default
+    if number < minimum or (exclusive and number == minimum):
+        bound = f"more than {minimum:g}" if exclusive else f"at least {minimum:g}"
+        _problem("fooocus.E002", name, f"is {number:g}; it must be {bound}")
+        return default
+    return number
 
 
 def env_path(name: str, default: Path) -> Path:
@@ -73,57 +120,59 @@ FOOOCUS_PRESET = os.environ.get("FOOOCUS_PRESET", "default").strip() or "default
 # Base of absolute result URLs; empty = built from each request's host.
 FOOOCUS_PUBLIC_URL = os.environ.get("FOOOCUS_PUBLIC_URL", "").strip().rstrip("/")
 # Waiting tasks beyond this number are refused with 503 + Retry-After.
-FOOOCUS_QUEUE_SIZE = env_int("FOOOCUS_QUEUE_SIZE", 100)
+FOOOCUS_QUEUE_SIZE = env_int("FOOOCUS_QUEUE_SIZE", 100, minimum=1)
 # Webhook used when a request gives none.
 FOOOCUS_WEBHOOK_URL = os.environ.get("FOOOCUS_WEBHOOK_URL", "").strip()
-FOOOCUS_WEBHOOK_TIMEOUT = float(os.environ.get("FOOOCUS_WEBHOOK_TIMEOUT", "10"))
-FOOOCUS_WEBHOOK_RETRIES = env_int("FOOOCUS_WEBHOOK_RETRIES", 4)
-FOOOCUS_WEBHOOK_BACKOFF = float(os.environ.get("FOOOCUS_WEBHOOK_BACKOFF", "1.0"))
-# Engine device: auto (CUDA when present), cpu, cuda:N.
+FOOOCUS_WEBHOOK_TIMEOUT = env_float("FOOOCUS_WEBHOOK_TIMEOUT", 10.0, exclusive=True)
+FOOOCUS_WEBHOOK_RETRIES = env_int("FOOOCUS_WEBHOOK_RETRIES", 4, minimum=1)
+FOOOCUS_WEBHOOK_BACKOFF = env_float("FOOOCUS_WEBHOOK_BACKOFF", 1.0)
+# Engine device: auto (CUDA when present), cpu, cuda, cuda:N, mps (checked at start).
 FOOOCUS_DEVICE = os.environ.get("FOOOCUS_DEVICE", "auto").strip() or "auto"
 # CPU threads for torch in the engine worker (0 = torch's default).
-FOOOCUS_TORCH_THREADS = env_int("FOOOCUS_TORCH_THREADS", 0)
+FOOOCUS_TORCH_THREADS = env_int("FOOOCUS_TORCH_THREADS", 0, minimum=0)
 # Model files named by presets are downloaded on first use unless this is off.
 FOOOCUS_ALLOW_DOWNLOADS = env_bool("FOOOCUS_ALLOW_DOWNLOADS", True)
 # Image inputs given as URLs: fetch limits, and whether private/loopback targets are allowed.
 FOOOCUS_ALLOW_PRIVATE_URLS = env_bool("FOOOCUS_ALLOW_PRIVATE_URLS")
 # Hosts trusted even on private addresses (an internal image store); each redirect is checked.
 FOOOCUS_TRUSTED_URL_HOSTS = [h.lower() for h in env_list("FOOOCUS_TRUSTED_URL_HOSTS", [])]
-FOOOCUS_URL_FETCH_TIMEOUT = float(os.environ.get("FOOOCUS_URL_FETCH_TIMEOUT", "20"))
-FOOOCUS_MAX_IMAGE_BYTES = env_int("FOOOCUS_MAX_IMAGE_BYTES", 50 * 1024 * 1024)
+FOOOCUS_URL_FETCH_TIMEOUT = env_float("FOOOCUS_URL_FETCH_TIMEOUT", 20.0, exclusive=True)
+FOOOCUS_MAX_IMAGE_BYTES = env_int("FOOOCUS_MAX_IMAGE_BYTES", 50 * 1024 * 1024, minimum=1)
 # The worker re-checks the queue this often even without a wake-up message (seconds).
-FOOOCUS_WORKER_POLL_SECONDS = float(os.environ.get("FOOOCUS_WORKER_POLL_SECONDS", "2"))
+FOOOCUS_WORKER_POLL_SECONDS = env_float("FOOOCUS_WORKER_POLL_SECONDS", 2.0, exclusive=True)
 # Waiting sync/binary/stream requests re-read the task from the database this often (seconds).
-FOOOCUS_WAIT_RECHECK_SECONDS = float(os.environ.get("FOOOCUS_WAIT_RECHECK_SECONDS", "2"))
+FOOOCUS_WAIT_RECHECK_SECONDS = env_float("FOOOCUS_WAIT_RECHECK_SECONDS", 2.0, exclusive=True)
 # Access control (see generation/access.py). Comma-separated admin keys from the environment;
 # more keys (named, scoped, revocable) in the database via the admin or `manage.py apikey`.
 FOOOCUS_API_KEYS = os.environ.get("FOOOCUS_API_KEYS", "").strip()
-FOOOCUS_RATE_LIMIT_PER_MINUTE = env_int("FOOOCUS_RATE_LIMIT_PER_MINUTE", 0)
-FOOOCUS_MAX_QUEUED_PER_KEY = env_int("FOOOCUS_MAX_QUEUED_PER_KEY", 0)
+FOOOCUS_RATE_LIMIT_PER_MINUTE = env_int("FOOOCUS_RATE_LIMIT_PER_MINUTE", 0, minimum=0)
+FOOOCUS_MAX_QUEUED_PER_KEY = env_int("FOOOCUS_MAX_QUEUED_PER_KEY", 0, minimum=0)
 # Serve /outputs and /inputs only through expiring signed URLs (default: public, as FooocusAPI).
 FOOOCUS_SIGNED_FILE_URLS = env_bool("FOOOCUS_SIGNED_FILE_URLS")
-FOOOCUS_SIGNED_URL_TTL = env_int("FOOOCUS_SIGNED_URL_TTL", 3600)
+FOOOCUS_SIGNED_URL_TTL = env_int("FOOOCUS_SIGNED_URL_TTL", 3600, minimum=1)
 # Request limits.
-FOOOCUS_MAX_BODY_BYTES = env_int("FOOOCUS_MAX_BODY_BYTES", 64 * 1024 * 1024)
-FOOOCUS_MAX_PROMPT_CHARS = env_int("FOOOCUS_MAX_PROMPT_CHARS", 10_000)
-FOOOCUS_MAX_IMAGE_PIXELS = env_int("FOOOCUS_MAX_IMAGE_PIXELS", 4096 * 4096)
+FOOOCUS_MAX_BODY_BYTES = env_int("FOOOCUS_MAX_BODY_BYTES", 64 * 1024 * 1024, minimum=1)
+FOOOCUS_MAX_PROMPT_CHARS = env_int("FOOOCUS_MAX_PROMPT_CHARS", 10_000, minimum=1)
+FOOOCUS_MAX_IMAGE_PIXELS = env_int("FOOOCUS_MAX_IMAGE_PIXELS", 4096 * 4096, minimum=1)
 # What one request may ask the GPU for: images, sampling steps, and output size (W*H).
-FOOOCUS_MAX_IMAGE_NUMBER = env_int("FOOOCUS_MAX_IMAGE_NUMBER", 32)
-FOOOCUS_MAX_STEPS = env_int("FOOOCUS_MAX_STEPS", 200)
-FOOOCUS_MAX_OUTPUT_PIXELS = env_int("FOOOCUS_MAX_OUTPUT_PIXELS", 4096 * 4096)
+FOOOCUS_MAX_IMAGE_NUMBER = env_int("FOOOCUS_MAX_IMAGE_NUMBER", 32, minimum=1)
+FOOOCUS_MAX_STEPS = env_int("FOOOCUS_MAX_STEPS", 200, minimum=1)
+FOOOCUS_MAX_OUTPUT_PIXELS = env_int("FOOOCUS_MAX_OUTPUT_PIXELS", 4096 * 4096, minimum=1)
 # Webhooks: signing secret (Standard Webhooks headers) and private targets.
 FOOOCUS_WEBHOOK_SECRET = os.environ.get("FOOOCUS_WEBHOOK_SECRET", "").strip()
 FOOOCUS_ALLOW_PRIVATE_WEBHOOKS = env_bool("FOOOCUS_ALLOW_PRIVATE_WEBHOOKS")
-FOOOCUS_WEBHOOK_PROGRESS_INTERVAL = float(os.environ.get("FOOOCUS_WEBHOOK_PROGRESS_INTERVAL", "5"))
+FOOOCUS_WEBHOOK_PROGRESS_INTERVAL = env_float("FOOOCUS_WEBHOOK_PROGRESS_INTERVAL", 5.0)
 # Browsers allowed to call the API from other origins (none by default; "*" for any).
 FOOOCUS_CORS_ORIGINS = env_list("FOOOCUS_CORS_ORIGINS", [])
 # Channel name of the engine workers (python manage.py runworker fooocus-engine).
 FOOOCUS_WORKER_CHANNEL = "fooocus-engine"
 # Workers record a heartbeat this often; a worker silent for the lease is taken for dead and
 # its task goes back to the queue, up to FOOOCUS_TASK_MAX_ATTEMPTS runs, then fails (seconds).
-FOOOCUS_WORKER_HEARTBEAT_SECONDS = float(os.environ.get("FOOOCUS_WORKER_HEARTBEAT_SECONDS", "5"))
-FOOOCUS_WORKER_LEASE_SECONDS = float(os.environ.get("FOOOCUS_WORKER_LEASE_SECONDS", "30"))
-FOOOCUS_TASK_MAX_ATTEMPTS = env_int("FOOOCUS_TASK_MAX_ATTEMPTS", 3)
+FOOOCUS_WORKER_HEARTBEAT_SECONDS = env_float(
+    "FOOOCUS_WORKER_HEARTBEAT_SECONDS", 5.0, exclusive=True
+)
+FOOOCUS_WORKER_LEASE_SECONDS = env_float("FOOOCUS_WORKER_LEASE_SECONDS", 30.0, exclusive=True)
+FOOOCUS_TASK_MAX_ATTEMPTS = env_int("FOOOCUS_TASK_MAX_ATTEMPTS", 3, minimum=1)
 # Prefix of every Redis key (channel layer and cache), so deployments can share one Redis.
 FOOOCUS_REDIS_PREFIX = os.environ.get("FOOOCUS_REDIS_PREFIX", "").strip()
 
@@ -175,19 +224,53 @@ TEMPLATES = [
 
 
 def _database_from_url(url: str) -> dict[str, object]:
-    """Parse ``postgres://user:pass@host:port/name`` (the only server database we support)."""
+    """Parse ``postgres://user:pass@host:port/name`` (the only server database we support).
+
+    A URL that cannot be right is recorded as a problem (the checks stop the process) and the
+    database is Django's dummy backend, so nothing quietly falls back to SQLite."""
+    dummy: dict[str, object] = {"ENGINE": "django.db.backends.dummy"}
     parts = urlsplit(url)
     if parts.scheme not in {"postgres", "postgresql", "pgsql"}:
-        raise ValueError(f"DATABASE_URL must be a postgres:// URL, got scheme {parts.scheme!r}")
+        _problem("fooocus.E004", "DATABASE_URL", f"must be a postgres:// URL, not {parts.scheme!r}")
+        return dummy
+    try:
+        port = parts.port
+    except ValueError as exc:
+        _problem("fooocus.E004", "DATABASE_URL", f"has a bad port: {exc}")
+        return dummy
+    name = unquote(parts.path.lstrip("/"))
+    if not name or "/" in name:
+        _problem("fooocus.E004", "DATABASE_URL", "must name one database: postgres://host/NAME")
+        return dummy
     return {
         "ENGINE": "django.db.backends.postgresql",
-        "NAME": unquote(parts.path.lstrip("/")),
+        "NAME": name,
         "USER": unquote(parts.username or ""),
         "PASSWORD": unquote(parts.password or ""),
         "HOST": parts.hostname or "",
-        "PORT": str(parts.port or ""),
+        "PORT": str(port or ""),
         "CONN_MAX_AGE": 0,
     }
+
+
+def _redis_url_valid(url: str) -> bool:
+    """Whether ``url`` is a Redis URL (redis://, rediss:// or unix://); recorded if not."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"redis", "rediss", "unix"}:
+        _problem("fooocus.E005", "REDIS_URL", f"must be a redis:// URL, not {parts.scheme!r}")
+        return False
+    try:
+        parts.port  # noqa: B018 (reading it validates it)
+    except ValueError as exc:
+        _problem("fooocus.E005", "REDIS_URL", f"has a bad port: {exc}")
+        return False
+    if parts.scheme != "unix" and not parts.hostname:
+        _problem("fooocus.E005", "REDIS_URL", "names no host: redis://HOST:6379/0")
+        return False
+    if parts.scheme == "unix" and not parts.path:
+        _problem("fooocus.E005", "REDIS_URL", "names no socket: unix:///path/to/redis.sock")
+        return False
+    return True
 
 
 DATABASE_URL = os.environ.get("DATABASE_URL", "").strip()
@@ -209,7 +292,7 @@ else:
     }
 
 REDIS_URL = os.environ.get("REDIS_URL", "").strip()
-if REDIS_URL:
+if REDIS_URL and _redis_url_valid(REDIS_URL):
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
@@ -280,7 +363,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
-    "EXCEPTION_HANDLER": "generation.exceptions.api_exception_handler",
+    "EXCEPTION_HANDLER": "generation.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
 

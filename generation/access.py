@@ -17,6 +17,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
 
+from generation.errors import Forbidden, NotAuthenticated, RateLimited
 from generation.models import ApiKey, ApiKeyScope
 
 KEY_PREFIX = "fk"
@@ -42,22 +43,6 @@ class Caller:
 
 
 ANONYMOUS = Caller(key_id="", name="anonymous", scopes=frozenset({ApiKeyScope.ADMIN.value}))
-
-
-class AuthError(Exception):
-    """The request's credentials are missing, wrong, revoked or lack the scope."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-class RateLimited(Exception):
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.message = message
-        self.retry_after = retry_after
 
 
 def _hash(secret: str) -> str:
@@ -127,12 +112,13 @@ def presented_key(headers: dict[str, str]) -> str | None:
 
 
 def authenticate(headers: dict[str, str]) -> Caller:
-    """Identify the caller; raises :class:`AuthError` (401) when auth is on and the key is bad."""
+    """Identify the caller; raises :class:`~generation.errors.NotAuthenticated` (401) when auth
+    is on and the key is missing or bad."""
     if not auth_enabled():
         return ANONYMOUS
     key = presented_key(headers)
     if not key:
-        raise AuthError(401, "an API key is required (X-API-KEY or Authorization: Bearer)")
+        raise NotAuthenticated("an API key is required (X-API-KEY or Authorization: Bearer)")
     for index, env_key in enumerate(_env_keys()):
         if hmac.compare_digest(key.encode(), env_key.encode()):
             return Caller(
@@ -147,7 +133,7 @@ def authenticate(headers: dict[str, str]) -> Caller:
         expected = row.secret_hash if row is not None else _hash("no-such-key")
         if hmac.compare_digest(_hash(parts[2]), expected) and row is not None:
             if row.revoked_at is not None:
-                raise AuthError(401, "this API key has been revoked")
+                raise NotAuthenticated("this API key has been revoked")
             ApiKey.objects.filter(pk=row.pk).update(last_used_at=timezone.now())
             return Caller(
                 key_id=row.prefix,
@@ -156,12 +142,12 @@ def authenticate(headers: dict[str, str]) -> Caller:
                 requests_per_minute=row.requests_per_minute,
                 max_queued_tasks=row.max_queued_tasks,
             )
-    raise AuthError(401, "invalid API key")
+    raise NotAuthenticated("invalid API key")
 
 
 def require_scope(caller: Caller, scope: str) -> None:
     if not caller.can(scope):
-        raise AuthError(403, f"this API key lacks the '{scope}' scope")
+        raise Forbidden(f"this API key lacks the '{scope}' scope")
 
 
 def check_rate(caller: Caller) -> None:

@@ -5,18 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.http import HttpRequest
-from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
-from generation.access import AuthError, Caller, RateLimited, authenticate, check_rate
-
-
-class NotAuthenticated401(exceptions.APIException):
-    status_code = 401
-    default_code = "not_authenticated"
+from generation.access import Caller, authenticate, check_rate
+from generation.errors import RateLimited
 
 
 def request_headers(request: Request | HttpRequest) -> dict[str, str]:
@@ -28,12 +23,9 @@ class ApiKeyAuthentication(BaseAuthentication):
     """``X-API-KEY`` or ``Authorization: Bearer``; anonymous (full access) while auth is off."""
 
     def authenticate(self, request: Request) -> tuple[Caller, None]:
-        try:
-            return authenticate(request_headers(request)), None
-        except AuthError as exc:
-            raise (NotAuthenticated401 if exc.status == 401 else exceptions.PermissionDenied)(
-                exc.message
-            ) from exc
+        # A refused key raises generation.errors.NotAuthenticated, a DRF APIException that the
+        # API's exception handler renders.
+        return authenticate(request_headers(request)), None
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="fooocus"'

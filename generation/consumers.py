@@ -1,9 +1,12 @@
-"""``POST /v1/engine/generate/``: one async consumer for all four result modes.
+"""Every consumer of the ASGI application (routed in :mod:`generation.routing`).
 
-The mode depends on the body, so the whole endpoint is an ``AsyncHttpConsumer``: a client waiting
-on a stream (or for its binary/JSON result) holds a coroutine, never a thread. Each waiting request
-reads its task's events from a private channel subscribed to the task's group, and re-reads the
-database every few seconds, because channel layers may drop messages.
+:class:`GenerateConsumer` answers ``POST /v1/engine/generate/`` in all four result modes.
+:class:`EngineChannelConsumer` receives wake-ups on the engine workers' channel.
+
+The generate mode depends on the body, so the whole endpoint is an ``AsyncHttpConsumer``: a
+client waiting on a stream (or for its binary/JSON result) holds a coroutine, never a thread.
+Each waiting request reads its task's events from a private channel subscribed to the task's
+group, and re-reads the database every few seconds, because channel layers may drop messages.
 """
 
 from __future__ import annotations
@@ -18,16 +21,27 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
+from channels.consumer import AsyncConsumer
 from channels.exceptions import StopConsumer
 from channels.generic.http import AsyncHttpConsumer
 from django.conf import settings
 from django.db import close_old_connections
 from PIL import Image
+from rest_framework import status
 from rest_framework.exceptions import ValidationError
 
-from generation.access import AuthError, RateLimited, authenticate, check_rate, require_scope
-from generation.events import stream_event, task_group
-from generation.exceptions import validation_error_body
+from generation.access import authenticate, check_rate, require_scope
+from generation.announce import wake_local_workers
+from generation.errors import (
+    ApiError,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    RequestInvalid,
+    ServiceUnavailable,
+    TaskFailed,
+    error_parts,
+)
+from generation.events import end_event, stream_event, task_group
 from generation.middleware import cors_headers
 from generation.presenters import output_url, public_base, task_object
 from generation.submit import RETRY_AFTER_SECONDS, submit_generate
@@ -101,14 +115,13 @@ class GenerateConsumer(AsyncHttpConsumer):
         received = sum(len(chunk) for chunk in chunks) + len(message.get("body", b""))
         if received > settings.FOOOCUS_MAX_BODY_BYTES:
             chunks.clear()
-            await self.send_json(
-                413,
-                {"detail": f"request body larger than {settings.FOOOCUS_MAX_BODY_BYTES} bytes"},
+            await self.send_error(
+                PayloadTooLarge(f"request body larger than {settings.FOOOCUS_MAX_BODY_BYTES} bytes")
             )
             raise StopConsumer()
         await super().http_request(message)
 
-    async def send_headers(self, *, status: int = 200, headers: Any = None) -> None:
+    async def send_headers(self, *, status: int = status.HTTP_200_OK, headers: Any = None) -> None:
         extra = [(b"X-Content-Type-Options", b"nosniff"), (b"Referrer-Policy", b"same-origin")]
         origin = scope_headers(self.scope).get("origin")
         extra += [(k.encode(), v.encode()) for k, v in cors_headers(origin)]
@@ -123,40 +136,35 @@ class GenerateConsumer(AsyncHttpConsumer):
             headers=[(b"Content-Type", b"application/json"), *(headers or [])],
         )
 
+    async def send_error(self, exc: ApiError) -> None:
+        """Answer ``exc`` as every API error is answered (:func:`generation.errors.error_parts`)."""
+        code, body, headers = error_parts(exc)
+        await self.send_json(code, body, [(k.encode(), v.encode()) for k, v in headers.items()])
+
     async def handle(self, body: bytes) -> None:
+        try:
+            await self._handle(body)
+        except ApiError as exc:  # raised before any part of the answer went out
+            await self.send_error(exc)
+
+    async def _handle(self, body: bytes) -> None:
         if self.scope.get("method") == "OPTIONS":
-            await self.send_response(204, b"")
+            await self.send_response(status.HTTP_204_NO_CONTENT, b"")
             return
         if self.scope.get("method") != "POST":
-            await self.send_json(
-                405, {"detail": "Method not allowed; POST a JSON body"}, [(b"Allow", b"POST")]
+            raise MethodNotAllowed(
+                "Method not allowed; POST a JSON body", headers={"Allow": "POST"}
             )
-            return
         headers = scope_headers(self.scope)
-        try:
-            caller = await in_thread(authenticate)(headers)
-            require_scope(caller, "generate")
-            await in_thread(check_rate)(caller)
-        except AuthError as exc:
-            await self.send_json(exc.status, {"detail": exc.message})
-            return
-        except RateLimited as exc:
-            await self.send_json(
-                429, {"detail": exc.message}, [(b"Retry-After", str(exc.retry_after).encode())]
-            )
-            return
+        caller = await in_thread(authenticate)(headers)
+        require_scope(caller, "generate")
+        await in_thread(check_rate)(caller)
         try:
             data = json.loads(body or b"{}")
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            await self.send_json(
-                422,
-                {
-                    "detail": [
-                        {"loc": ["body"], "msg": f"invalid JSON: {exc}", "type": "json_invalid"}
-                    ]
-                },
-            )
-            return
+            raise RequestInvalid(
+                [{"loc": ["body"], "msg": f"invalid JSON: {exc}", "type": "json_invalid"}]
+            ) from exc
         image_format = image_format_from_accept(headers.get("accept"))
         wants_stream = isinstance(data, dict) and _flag(data.get("stream_output"))
         wants_async = isinstance(data, dict) and _flag(data.get("async_process"))
@@ -170,47 +178,44 @@ class GenerateConsumer(AsyncHttpConsumer):
             channel = await layer.new_channel()
             await layer.group_add(task_group(task_id), channel)
         try:
-            try:
-                task = await in_thread(submit_generate)(
-                    data, base_url=base, binary=binary, task_id=task_id, caller=caller
-                )
-            except ValidationError as exc:
-                await self.send_json(422, validation_error_body(exc.detail))
-                return
-            except RateLimited as exc:
-                await self.send_json(
-                    429, {"detail": exc.message}, [(b"Retry-After", str(exc.retry_after).encode())]
-                )
-                return
-            except QueueFullError as exc:
-                await self.send_json(
-                    503, {"detail": str(exc)}, [(b"Retry-After", str(RETRY_AFTER_SECONDS).encode())]
-                )
-                return
-            except Exception:
-                # Nothing was queued (the row is written last, in one transaction): say so in
-                # the API's error shape and keep the traceback in the log.
-                logger.exception("could not queue a generate request")
-                await self.send_json(
-                    500, {"detail": "internal error while queueing the request; nothing was queued"}
-                )
-                return
+            task = await self._submit(
+                data, base_url=base, binary=binary, task_id=task_id, caller=caller
+            )
             task_header = [(b"X-Task-Id", task.task_id.encode())]
             if wants_stream or task.req_params.get("stream_output"):
                 await self._stream(task, channel, base, task_header)
             elif wants_async or task.req_params.get("async_process"):
-                await self.send_json(200, task_object(task, base=base), task_header)
+                await self.send_json(status.HTTP_200_OK, task_object(task, base=base), task_header)
             else:
                 task = await self._wait_until_ended(task, channel)
                 if binary:
                     await self._send_binary(task, image_format or "", base, task_header)
                 else:
                     await self.send_json(
-                        200, await in_thread(task_object)(task, base=base), task_header
+                        status.HTTP_200_OK,
+                        await in_thread(task_object)(task, base=base),
+                        task_header,
                     )
         finally:
             if channel is not None and layer is not None:
                 await layer.group_discard(task_group(task_id), channel)
+
+    @staticmethod
+    async def _submit(data: Any, **options: Any) -> Task:
+        """Queue the request; every refusal is an :class:`ApiError`."""
+        try:
+            return await in_thread(submit_generate)(data, **options)
+        except ApiError:
+            raise
+        except ValidationError as exc:
+            raise RequestInvalid.from_drf(exc.detail) from exc
+        except QueueFullError as exc:
+            raise ServiceUnavailable(str(exc), retry_after=RETRY_AFTER_SECONDS) from exc
+        except Exception as exc:
+            # Nothing was queued (the row is written last, in one transaction): say so in the
+            # API's error shape and keep the traceback in the log.
+            logger.exception("could not queue a generate request")
+            raise ApiError("internal error while queueing the request; nothing was queued") from exc
 
     # Waiting ------------------------------------------------------------------------------
     async def _events(self, task: Task, channel: str | None) -> Any:
@@ -245,7 +250,7 @@ class GenerateConsumer(AsyncHttpConsumer):
         self, task: Task, channel: str | None, base: str, extra: list[tuple[bytes, bytes]]
     ) -> None:
         await self.send_headers(
-            status=200,
+            status=status.HTTP_200_OK,
             headers=[
                 (b"Content-Type", b"text/event-stream"),
                 (b"Cache-Control", b"no-cache"),
@@ -268,42 +273,40 @@ class GenerateConsumer(AsyncHttpConsumer):
                 continue
             if event["task_status"] in ENDED_STATUSES:
                 ended = True
-                event = {
-                    **event,
-                    "images": [output_url(public_base(base), r) for r in event["images"]],
-                }
+                event = _with_urls(event, base)
             await self.send_body(_sse(event), more_body=True)
             last_sent = loop.time()
         if not ended:
             # The end event was lost (or the task ended before we listened): tell it from the row.
             current = await in_thread(task_get)(task_id=task.task_id)
             if current is not None:
-                await self.send_body(_sse(_final_event(current, base)), more_body=True)
+                await self.send_body(_sse(_with_urls(end_event(current), base)), more_body=True)
         await self.send_body(b"", more_body=False)
 
     async def _send_binary(
         self, task: Task, image_format: str, base: str, extra: list[tuple[bytes, bytes]]
     ) -> None:
+        task_header = {"X-Task-Id": task.task_id}
         if task.status == TaskStatus.FAILED:
-            await self.send_json(
-                500, {"detail": task.error or "generation failed", "task_id": task.task_id}, extra
+            raise TaskFailed(
+                task.error or "generation failed", task_id=task.task_id, headers=task_header
             )
-            return
         if not task.result:
-            await self.send_response(204, b"", headers=extra)
+            await self.send_response(status.HTTP_204_NO_CONTENT, b"", headers=extra)
             return
         day, _, name = task.result[0].partition("/")
         path = resolve_output(day, name)
         if path is None:
-            await self.send_json(
-                500, {"detail": "the result file is missing", "task_id": task.task_id}, extra
+            raise TaskFailed(
+                "the result file is missing", task_id=task.task_id, headers=task_header
             )
-            return
         stored_format = path.suffix.lstrip(".").lower()
         wanted = image_format or stored_format
         data = await in_thread(_image_bytes)(str(path), stored_format, wanted)
         await self.send_response(
-            200, data, headers=[(b"Content-Type", f"image/{wanted}".encode()), *extra]
+            status.HTTP_200_OK,
+            data,
+            headers=[(b"Content-Type", f"image/{wanted}".encode()), *extra],
         )
 
 
@@ -327,14 +330,13 @@ def _sse(event: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(event)}\n\n".encode()
 
 
-def _final_event(task: Task, base: str) -> dict[str, Any]:
-    message = {"finished": "Finished", "stop": "Stopped", "canceled": "Canceled"}.get(
-        task.status, f"Failed: {task.error}"
-    )
-    return stream_event(
-        task_id=task.task_id,
-        status=task.status,
-        progress=task.progress,
-        message=message,
-        images=[output_url(public_base(base), r) for r in task.result],
-    )
+def _with_urls(event: dict[str, Any], base: str) -> dict[str, Any]:
+    """An end event as a stream sends it: its stored image paths as URLs."""
+    return {**event, "images": [output_url(public_base(base), r) for r in event["images"]]}
+
+
+class EngineChannelConsumer(AsyncConsumer):
+    """Receives ``task.wake`` messages on the engine channel and pokes this process's workers."""
+
+    async def task_wake(self, message: dict[str, Any]) -> None:
+        wake_local_workers()

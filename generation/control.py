@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
-
-from generation.events import control_request, stream_event, task_group
-from generation.webhooks import send_webhook_event
+from generation.announce import task_ended
+from generation.events import control_request
 from history import services
-from history.models import TaskStatus
 
 
 def task_cancel_and_notify(*, task_id: str) -> services.CancelOutcome | None:
@@ -18,15 +14,7 @@ def task_cancel_and_notify(*, task_id: str) -> services.CancelOutcome | None:
     if outcome is None:
         return None
     if outcome.action == "canceled":
-        layer = get_channel_layer()
-        if layer is not None:
-            event = stream_event(
-                task_id=task_id, status=TaskStatus.CANCELED, progress=0, message="Canceled"
-            )
-            async_to_sync(layer.group_send)(
-                task_group(task_id), {"type": "task.event", "event": event}
-            )
-        send_webhook_event(outcome.task, "canceled")
+        task_ended(outcome.task)
     elif outcome.action == "stopping":
         control_request(task_id, "stop")
     return outcome

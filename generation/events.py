@@ -1,4 +1,5 @@
-"""Live task state: progress and previews in the cache, events on the channel layer.
+"""What a client watches while a task runs: the live state in the cache, stop/skip requests,
+and the shape of the events on the channel layer (:mod:`generation.announce` sends them).
 
 The database stays the record of every task; these are only what a client watches while a task
 runs. Losing a channel message loses nothing: waiting clients also re-read the database.
@@ -6,18 +7,17 @@ runs. Losing a channel message loses nothing: waiting clients also re-read the d
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
-import logging
-from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from channels.layers import BaseChannelLayer, get_channel_layer
 from django.core.cache import cache
 from PIL import Image
 
-logger = logging.getLogger(__name__)
+from history.models import TaskStatus
+
+if TYPE_CHECKING:
+    from history.models import Task
 
 LIVE_TTL_SECONDS = 3600
 CONTROL_TTL_SECONDS = 3600
@@ -91,41 +91,26 @@ def stream_event(
     }
 
 
-class EventPublisher:
-    """Sends task events from the engine thread to the channel layer's event loop.
+# The message of a task's last event, by its status (a failure appends its error).
+END_MESSAGES = {
+    TaskStatus.FINISHED.value: "Finished",
+    TaskStatus.STOP.value: "Stopped",
+    TaskStatus.CANCELED.value: "Canceled",
+    TaskStatus.FAILED.value: "Failed",
+}
 
-    The in-memory channel layer belongs to the server's event loop, so messages are scheduled on
-    that loop instead of being sent from the worker thread.
-    """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, layer: BaseChannelLayer | None = None):
-        self.loop = loop
-        self.layer = layer or get_channel_layer()
-
-    def _submit(self, coroutine: Coroutine[Any, Any, Any]) -> None:
-        if self.loop.is_closed():
-            coroutine.close()
-            return
-        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-        future.add_done_callback(self._log_failure)
-
-    @staticmethod
-    def _log_failure(future: Any) -> None:
-        if not future.cancelled() and future.exception() is not None:
-            logger.warning("could not publish a task event: %r", future.exception())
-
-    def publish(self, event: dict[str, Any], *, ended: bool = False) -> None:
-        """Keep the live state for pollers and send the event to the task's group."""
-        task_id = event["task_id"]
-        if ended:
-            live_clear(task_id)
-        else:
-            live_set(task_id, event)
-        assert self.layer is not None
-        self._submit(
-            self.layer.group_send(task_group(task_id), {"type": "task.event", "event": event})
-        )
-
-    def send_to_channel(self, channel: str, message: dict[str, Any]) -> None:
-        assert self.layer is not None
-        self._submit(self.layer.send(channel, message))
+def end_event(task: Task) -> dict[str, Any]:
+    """The last stream event of a task that ended, the same whoever ends it (the worker, a
+    cancel, the sweep of a dead worker's task) and whoever tells it (a stream that missed it).
+    ``images`` are the stored relative paths; a stream turns them into URLs."""
+    message = END_MESSAGES.get(task.status, task.status)
+    if task.status == TaskStatus.FAILED:
+        message = f"{message}: {task.error}"
+    return stream_event(
+        task_id=task.task_id,
+        status=task.status,
+        progress=100 if task.status == TaskStatus.FINISHED else task.progress,
+        message=message,
+        images=list(task.result),
+    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -15,10 +16,21 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import close_old_connections, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import Collector
 from rest_framework import status
 
-from generation.access import AuthError, authenticate, require_scope
+from generation.access import authenticate, require_scope
 from generation.auth import request_headers
+from generation.errors import ApiError, json_error_response
 from history import selectors
 
 logger = logging.getLogger(__name__)
@@ -71,78 +83,96 @@ async def readyz(request: HttpRequest) -> JsonResponse:
     return JsonResponse(state, status=code)
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class DeploymentCollector(Collector):
+    """Reads the deployment's figures from the database at each scrape.
+
+    Nothing is counted in this process's memory: every web process answers for all of them, so
+    a multi-process (or multi-machine) deployment reports the same values whichever process a
+    scrape reaches, with no shared metrics directory.
+    """
+
+    def collect(self) -> Iterator[Metric]:
+        counts = selectors.task_counts_by_status()
+        yield GaugeMetricFamily(
+            "fooocus_queue_depth", "Tasks waiting in the queue.", value=counts["pending"]
+        )
+        tasks = GaugeMetricFamily(
+            "fooocus_tasks", "Tasks in the database by status.", labels=["status"]
+        )
+        for name, count in counts.items():
+            tasks.add_metric([name], count)
+        yield tasks
+
+        histogram = selectors.task_duration_histogram(DURATION_BUCKETS)
+        yield HistogramMetricFamily(
+            "fooocus_task_duration_seconds",
+            "Run time of ended tasks.",
+            buckets=[
+                *((f"{bound:g}", count) for bound, count in histogram.buckets),
+                ("+Inf", histogram.count),
+            ],
+            sum_value=round(histogram.total_seconds, 3),
+        )
+        yield from _worker_metrics(selectors.worker_list())
+
+        yield CounterMetricFamily(
+            "fooocus_webhook_failures_total",
+            "Webhook attempts that failed.",
+            value=selectors.webhook_failure_count(),
+        )
+        yield InfoMetricFamily(
+            "fooocus_database_vendor",
+            "The database backend in use.",
+            value={"vendor": connection.vendor},
+        )
 
 
-class _Exposition:
-    """Prometheus text format 0.0.4: a HELP and TYPE line per metric family, then samples."""
+def _worker_metrics(workers: list[selectors.WorkerState]) -> Iterator[Metric]:
+    lease = settings.FOOOCUS_WORKER_LEASE_SECONDS
+    yield GaugeMetricFamily(
+        "fooocus_workers_live",
+        "Workers whose heartbeat is within the lease.",
+        value=sum(1 for w in workers if w.age_seconds <= lease),
+    )
+    age = GaugeMetricFamily(
+        "fooocus_worker_heartbeat_age_seconds", "Seconds since a worker's beat.", labels=["worker"]
+    )
+    beat = GaugeMetricFamily(
+        "fooocus_worker_heartbeat_timestamp_seconds",
+        "Unix time of a worker's last beat.",
+        labels=["worker"],
+    )
+    steps = CounterMetricFamily(
+        "fooocus_worker_steps",
+        "Sampling steps a worker ran since it started.",
+        labels=["worker", "device"],
+    )
+    rate = GaugeMetricFamily(
+        "fooocus_worker_step_rate",
+        "Sampling steps per second over the last beat.",
+        labels=["worker", "device"],
+    )
+    busy = GaugeMetricFamily(
+        "fooocus_worker_busy", "1 while a worker runs a task.", labels=["worker"]
+    )
+    for w in workers:
+        age.add_metric([w.name], round(w.age_seconds, 3))
+        beat.add_metric([w.name], round(w.beat_at.timestamp(), 3))
+        steps.add_metric([w.name, w.device], w.steps_total)
+        rate.add_metric([w.name, w.device], w.step_rate)
+        busy.add_metric([w.name], 1 if w.current_task_id else 0)
+    yield from (age, beat, steps, rate, busy)
 
-    def __init__(self) -> None:
-        self.lines: list[str] = []
 
-    def family(self, name: str, kind: str, help_text: str) -> None:
-        self.lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-
-    def sample(self, name: str, value: float, **labels: str) -> None:
-        label_text = ",".join(f'{key}="{_escape(val)}"' for key, val in labels.items())
-        self.lines.append(f"{name}{{{label_text}}} {value:g}" if labels else f"{name} {value:g}")
-
-    def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
+# The registry /metrics exposes: only the deployment's figures (no per-process default
+# collectors, whose values would depend on which process answered).
+REGISTRY = CollectorRegistry(auto_describe=False)
+REGISTRY.register(DeploymentCollector())
 
 
 def metrics_text() -> str:
-    """The deployment's metrics in Prometheus text format."""
-    out = _Exposition()
-    counts = selectors.task_counts_by_status()
-    out.family("fooocus_queue_depth", "gauge", "Tasks waiting in the queue.")
-    out.sample("fooocus_queue_depth", counts["pending"])
-    out.family("fooocus_tasks", "gauge", "Tasks in the database by status.")
-    for name, count in counts.items():
-        out.sample("fooocus_tasks", count, status=name)
-
-    histogram = selectors.task_duration_histogram(DURATION_BUCKETS)
-    out.family("fooocus_task_duration_seconds", "histogram", "Run time of ended tasks.")
-    for bound, count in histogram.buckets:
-        out.sample("fooocus_task_duration_seconds_bucket", count, le=f"{bound:g}")
-    out.sample("fooocus_task_duration_seconds_bucket", histogram.count, le="+Inf")
-    out.sample("fooocus_task_duration_seconds_sum", round(histogram.total_seconds, 3))
-    out.sample("fooocus_task_duration_seconds_count", histogram.count)
-
-    lease = settings.FOOOCUS_WORKER_LEASE_SECONDS
-    workers = selectors.worker_list()
-    out.family("fooocus_workers_live", "gauge", "Workers whose heartbeat is within the lease.")
-    out.sample("fooocus_workers_live", sum(1 for w in workers if w.age_seconds <= lease))
-    out.family("fooocus_worker_heartbeat_age_seconds", "gauge", "Seconds since a worker's beat.")
-    for w in workers:
-        out.sample("fooocus_worker_heartbeat_age_seconds", round(w.age_seconds, 3), worker=w.name)
-    out.family(
-        "fooocus_worker_heartbeat_timestamp_seconds", "gauge", "Unix time of a worker's last beat."
-    )
-    for w in workers:
-        out.sample(
-            "fooocus_worker_heartbeat_timestamp_seconds",
-            round(w.beat_at.timestamp(), 3),
-            worker=w.name,
-        )
-    out.family(
-        "fooocus_worker_steps_total", "counter", "Sampling steps a worker ran since it started."
-    )
-    for w in workers:
-        out.sample("fooocus_worker_steps_total", w.steps_total, worker=w.name, device=w.device)
-    out.family("fooocus_worker_step_rate", "gauge", "Sampling steps per second over the last beat.")
-    for w in workers:
-        out.sample("fooocus_worker_step_rate", w.step_rate, worker=w.name, device=w.device)
-    out.family("fooocus_worker_busy", "gauge", "1 while a worker runs a task.")
-    for w in workers:
-        out.sample("fooocus_worker_busy", 1 if w.current_task_id else 0, worker=w.name)
-
-    out.family("fooocus_webhook_failures_total", "counter", "Webhook attempts that failed.")
-    out.sample("fooocus_webhook_failures_total", selectors.webhook_failure_count())
-    out.family("fooocus_database_vendor_info", "gauge", "The database backend in use.")
-    out.sample("fooocus_database_vendor_info", 1, vendor=connection.vendor)
-    return out.text()
+    """The deployment's metrics in Prometheus text format 0.0.4."""
+    return generate_latest(REGISTRY).decode()
 
 
 def metrics(request: HttpRequest) -> HttpResponse:
@@ -153,6 +183,6 @@ def metrics(request: HttpRequest) -> HttpResponse:
     try:
         caller = authenticate(request_headers(request))
         require_scope(caller, "admin")
-    except AuthError as exc:
-        return JsonResponse({"detail": exc.message}, status=exc.status)
-    return HttpResponse(metrics_text(), content_type="text/plain; version=0.0.4; charset=utf-8")
+    except ApiError as exc:
+        return json_error_response(exc)
+    return HttpResponse(metrics_text(), content_type=CONTENT_TYPE_PLAIN_0_0_4)

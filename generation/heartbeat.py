@@ -3,6 +3,10 @@ takes back the tasks of workers that are not (SIGKILL, a lost machine).
 
 ``beat_at`` is written with the database's clock; a worker silent for
 ``FOOOCUS_WORKER_LEASE_SECONDS`` is dead, and whichever worker sweeps first re-queues its task.
+
+The heartbeat knows nothing of the worker it beats for: it is given the worker's name, a
+callable that reports what the worker is doing, and a callback for when the worker's task was
+taken back. What the sweep does to other tasks it announces through :mod:`generation.announce`.
 """
 
 from __future__ import annotations
@@ -12,24 +16,46 @@ import os
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import close_old_connections
 
+from generation.announce import Announcer
 from history import selectors, services
-
-if TYPE_CHECKING:
-    from generation.worker import EngineWorker
 
 logger = logging.getLogger(__name__)
 
 
-class Heartbeat:
-    """Beats for one :class:`~generation.worker.EngineWorker` and sweeps for dead ones."""
+@dataclass(frozen=True)
+class WorkerStatus:
+    """What a worker reports at each beat: the task it runs ("" when idle) and the sampling
+    steps it ran since it started (``/metrics`` derives the step rate)."""
 
-    def __init__(self, worker: EngineWorker) -> None:
-        self.worker = worker
+    task_id: str
+    steps_total: int
+
+
+class Heartbeat:
+    """Beats for one worker and sweeps for dead ones.
+
+    ``status`` is called at each beat; ``on_lost(task_id)`` is called (on the heartbeat's
+    thread) when the task ``status`` reported is no longer held by this worker.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        status: Callable[[], WorkerStatus],
+        on_lost: Callable[[str], None],
+        announcer: Announcer,
+    ) -> None:
+        self.name = name
+        self.status = status
+        self.on_lost = on_lost
+        self.announcer = announcer
         self.host = _process_host()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -45,48 +71,45 @@ class Heartbeat:
             self.beat()
             self.sweep(dead_workers=self.dead_local_workers())
         except Exception:
-            logger.exception(
-                "could not register worker %s; the heartbeat will retry", self.worker.name
-            )
+            logger.exception("could not register worker %s; the heartbeat will retry", self.name)
         self._thread = threading.Thread(target=self._loop, name="engine-heartbeat", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
         while not self._stop.wait(settings.FOOOCUS_WORKER_HEARTBEAT_SECONDS):
             try:
-                self.beat()
-                run = self.worker.current
-                if run is not None and not selectors.task_held_by(
-                    task_id=run.task.task_id, worker=self.worker.name
-                ):
-                    run.lost = True
+                task_id = self.beat()
+                if task_id and not selectors.task_held_by(task_id=task_id, worker=self.name):
+                    self.on_lost(task_id)
                 self.sweep()
             except Exception:
-                logger.warning("heartbeat of %s failed", self.worker.name, exc_info=True)
+                logger.warning("heartbeat of %s failed", self.name, exc_info=True)
             finally:
                 close_old_connections()
 
-    def beat(self) -> None:
-        now, steps = time.monotonic(), self.worker.steps_total
+    def beat(self) -> str:
+        """Record the worker alive with what it does; return the task it reported running."""
+        status = self.status()
+        now, steps = time.monotonic(), status.steps_total
         then, steps_then = self._rate_mark
         rate = (steps - steps_then) / (now - then) if then and now > then else 0.0
         self._rate_mark = (now, steps)
-        run = self.worker.current
         services.worker_beat(
-            name=self.worker.name,
+            name=self.name,
             hostname=self.host,
             pid=os.getpid(),
             device=settings.FOOOCUS_DEVICE,
-            current_task_id=run.task.task_id if run is not None else "",
+            current_task_id=status.task_id,
             steps_total=steps,
             step_rate=round(rate, 3),
         )
+        return status.task_id
 
     def dead_local_workers(self) -> list[str]:
         dead = []
         for name, pid in selectors.worker_pids_on_host(hostname=self.host):
             # Our own name on an old row means a previous process that had our pid.
-            if name == self.worker.name or not _pid_alive(pid):
+            if name == self.name or not _pid_alive(pid):
                 dead.append(name)
         return dead
 
@@ -98,9 +121,9 @@ class Heartbeat:
             dead_workers=dead_workers or [],
         )
         for task in outcome.failed:
-            self.worker.announce_end(task)
+            self.announcer.ended(task)
         if outcome.requeued:
-            self.worker.wake()
+            self.announcer.wake_workers()
         services.worker_prune(older_than_seconds=lease * 10)
 
     def stop(self) -> None:
@@ -109,9 +132,9 @@ class Heartbeat:
         if self._thread is not None:
             self._thread.join(10)
         try:
-            services.worker_forget(name=self.worker.name)
+            services.worker_forget(name=self.name)
         except Exception:
-            logger.warning("could not unregister worker %s", self.worker.name, exc_info=True)
+            logger.warning("could not unregister worker %s", self.name, exc_info=True)
 
 
 def _process_host() -> str:

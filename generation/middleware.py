@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
+from rest_framework import status
 
 ALLOWED_HEADERS = "Content-Type, Accept, Authorization, X-API-KEY"
 ALLOWED_METHODS = "GET, POST, DELETE, OPTIONS"
@@ -38,7 +39,7 @@ class ApiHeadersMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         origin = request.headers.get("Origin")
         if request.method == "OPTIONS" and request.headers.get("Access-Control-Request-Method"):
-            response = HttpResponse(status=204)
+            response = HttpResponse(status=status.HTTP_204_NO_CONTENT)
         else:
             response = self.get_response(request)
         for name, value in cors_headers(origin):

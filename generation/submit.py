@@ -9,11 +9,11 @@ from rest_framework.exceptions import ValidationError
 
 from engine.types import EngineInputError
 from generation import fields
-from generation.access import ANONYMOUS, Caller, RateLimited, queued_task_limit
+from generation.access import ANONYMOUS, Caller, queued_task_limit
+from generation.announce import task_queued, wake_workers
 from generation.catalog import get_catalog
+from generation.errors import RateLimited
 from generation.params import build_req_params, engine_request_from_params, validate_generate
-from generation.webhooks import send_webhook_event
-from generation.worker import wake_workers
 from history import services
 from history.models import Task
 
@@ -57,5 +57,5 @@ def submit_generate(
         )
     except services.KeyQueueFullError as exc:
         raise RateLimited(str(exc), retry_after=RETRY_AFTER_SECONDS) from exc
-    send_webhook_event(task, "queued")
+    task_queued(task)
     return task

@@ -16,7 +16,7 @@ from drf_spectacular.utils import (
     inline_serializer,
 )
 from rest_framework import serializers
-from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
+from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -25,6 +25,7 @@ from engine import options
 from generation.access import Caller
 from generation.catalog import get_catalog
 from generation.control import task_cancel_and_notify
+from generation.errors import Forbidden, NotFound, RequestInvalid
 from generation.events import control_request
 from generation.presenters import task_object
 from generation.schema import (
@@ -122,7 +123,7 @@ class TaskListView(APIView):
     def _require_admin(request: Request) -> None:
         caller = request.user
         if not isinstance(caller, Caller) or not caller.is_admin:
-            raise PermissionDenied("deleting history needs an API key with the 'admin' scope")
+            raise Forbidden("deleting history needs an API key with the 'admin' scope")
 
     @staticmethod
     def _delete(query: dict[str, Any]) -> Response:
@@ -191,9 +192,7 @@ class EngineControlView(APIView):
         data = request.data if isinstance(request.data, dict) else {}
         action = request.query_params.get("action") or data.get("action", "")
         if action not in ("stop", "skip"):
-            error = ValidationError({"action": ["must be 'stop' or 'skip'"]})
-            error.location = "query"  # type: ignore[attr-defined]
-            raise error
+            raise RequestInvalid.from_drf({"action": ["must be 'stop' or 'skip'"]}, "query")
         running = selectors.task_list_running()
         for task in running:
             control_request(task.task_id, action)

@@ -1,8 +1,10 @@
 """The engine worker: one thread per GPU that claims tasks from the database and runs them.
 
-It is started explicitly (by ``serve`` or ``runworker``), never on import. Wake-ups come through
-the channel layer (:class:`EngineChannelConsumer`), and the queue is also re-checked on a timer, so
-a lost message only delays a task by a few seconds.
+It is started explicitly (by ``serve`` or ``runworker``, through :mod:`generation.bootstrap`),
+never on import. Wake-ups come through the channel layer
+(:class:`~generation.consumers.EngineChannelConsumer`), and the queue is also re-checked on a
+timer, so a lost message only delays a task by a few seconds. What happens to a task is told
+through an :class:`~generation.announce.Announcer`.
 
 Beside it a :class:`~generation.heartbeat.Heartbeat` thread reports the worker alive and takes
 back the tasks of dead workers. Every write a worker makes to its task is fenced on "still running
@@ -18,7 +20,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from channels.consumer import AsyncConsumer
 from django.conf import settings
 from django.db import close_old_connections
 from PIL import Image
@@ -31,9 +32,9 @@ from engine.types import (
     StopAction,
 )
 from generation import events
-from generation.heartbeat import Heartbeat
+from generation.announce import Announcer
+from generation.heartbeat import Heartbeat, WorkerStatus
 from generation.params import engine_request_from_params
-from generation.webhooks import webhook_sender
 from history import services
 from history.models import Task, TaskStatus
 
@@ -49,9 +50,9 @@ def make_worker_name() -> str:
 class _TaskRun:
     """The state of one running task: its row, what it produced, and how it should end."""
 
-    def __init__(self, task: Task, publisher: events.EventPublisher) -> None:
+    def __init__(self, task: Task, announcer: Announcer) -> None:
         self.task = task
-        self.publisher = publisher
+        self.announcer = announcer
         # Images a previous run of this task already recorded (the grid image has seed -1).
         self.done_before = sum(1 for seed in task.seeds if seed != -1)
         self.total = int(task.req_params.get("image_number", 1))
@@ -59,15 +60,11 @@ class _TaskRun:
         # Set when the heartbeat finds that the task was taken back from this worker.
         self.lost = False
 
-    def publish(self, progress: int, message: str, preview: str | None = None) -> None:
-        self.publisher.publish(
-            events.stream_event(
-                task_id=self.task.task_id,
-                status=TaskStatus.RUNNING,
-                progress=progress,
-                message=message,
-                preview=preview,
-            )
+    def publish(
+        self, progress: int, message: str, preview: str | None = None, webhook: bool = False
+    ) -> None:
+        self.announcer.progress(
+            self.task, progress=progress, message=message, preview=preview, webhook=webhook
         )
 
 
@@ -78,23 +75,27 @@ class EngineWorker:
         self,
         *,
         engine_factory: EngineFactory,
-        publisher: events.EventPublisher,
+        announcer: Announcer,
         name: str | None = None,
         poll_seconds: float | None = None,
     ) -> None:
         self.name = name or make_worker_name()
         self._engine_factory = engine_factory
         self._engine: Any = None
-        self.publisher = publisher
+        self.announcer = announcer
         self.poll_seconds = poll_seconds or settings.FOOOCUS_WORKER_POLL_SECONDS
-        self.webhooks = webhook_sender()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.current: _TaskRun | None = None
         # Sampling steps run since start (the heartbeat reports them for /metrics).
         self.steps_total = 0
-        self.heartbeat = Heartbeat(self)
+        self.heartbeat = Heartbeat(
+            name=self.name,
+            status=self.status,
+            on_lost=self._task_taken_back,
+            announcer=announcer,
+        )
 
     # Lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -110,7 +111,20 @@ class EngineWorker:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
-        self.webhooks.shutdown()
+        self.announcer.close()
+
+    def status(self) -> WorkerStatus:
+        """What the heartbeat reports: the running task and the steps run so far."""
+        run = self.current
+        return WorkerStatus(
+            task_id=run.task.task_id if run is not None else "", steps_total=self.steps_total
+        )
+
+    def _task_taken_back(self, task_id: str) -> None:
+        """The heartbeat found ``task_id`` re-queued by a sweep: drop this run at its next step."""
+        run = self.current
+        if run is not None and run.task.task_id == task_id:
+            run.lost = True
 
     @property
     def engine(self) -> Any:
@@ -163,11 +177,10 @@ class EngineWorker:
         return action if action in ("stop", "skip") else None  # type: ignore[return-value]
 
     def _run_task(self, task: Task) -> None:
-        run = _TaskRun(task, self.publisher)
+        run = _TaskRun(task, self.announcer)
         self.current = run
         logger.info("task %s started on %s", task.task_id, self.name)
-        self.webhooks.send(task, "started")
-        run.publish(1, "Loading models ...")
+        self.announcer.started(task)
         status, error = TaskStatus.FINISHED, ""
         try:
             # A previous run may have recorded every image and died before ending the task.
@@ -205,14 +218,7 @@ class EngineWorker:
         if run.shutdown and status == TaskStatus.STOP:
             if services.task_release(task=task, worker=self.name):
                 logger.info("task %s returned to the queue (worker shutting down)", task.task_id)
-                self.publisher.publish(
-                    events.stream_event(
-                        task_id=task.task_id,
-                        status=TaskStatus.PENDING,
-                        progress=0,
-                        message="Back in the queue (worker shutting down) ...",
-                    )
-                )
+                self.announcer.requeued(task, "worker shutting down")
             return
         try:
             task = services.task_finish(task=task, status=status, error=error, worker=self.name)
@@ -221,28 +227,8 @@ class EngineWorker:
                 "task %s was taken back from %s before it ended", task.task_id, self.name
             )
             return
-        self.announce_end(task)
+        self.announcer.ended(task)
         logger.info("task %s ended: %s %s", task.task_id, status, task.error)
-
-    def announce_end(self, task: Task) -> None:
-        """The final stream event and the webhook of a task that just ended."""
-        status = task.status
-        message = {
-            TaskStatus.FINISHED.value: "Finished",
-            TaskStatus.STOP.value: "Stopped",
-            TaskStatus.FAILED.value: f"Failed: {task.error}",
-        }.get(status, status)
-        self.publisher.publish(
-            events.stream_event(
-                task_id=task.task_id,
-                status=status,
-                progress=100 if status == TaskStatus.FINISHED else task.progress,
-                message=message,
-                images=list(task.result),
-            ),
-            ended=True,
-        )
-        self.webhooks.send(task, task.status)
 
     def _on_event(self, run: _TaskRun, event: EngineEvent) -> None:
         if event.kind == "image" and event.image is not None:
@@ -252,8 +238,7 @@ class EngineWorker:
         if event.message.startswith("Sampling step"):
             self.steps_total += 1
         preview = events.preview_data_url(event.preview) if event.preview is not None else None
-        run.publish(event.progress, event.message, preview)
-        self.webhooks.send(run.task, "progress")
+        run.publish(event.progress, event.message, preview, webhook=True)
 
     def _save_image(self, run: _TaskRun, event: EngineEvent) -> None:
         from engine.output.metadata import encode_image_file
@@ -276,12 +261,14 @@ class EngineWorker:
 
     def _save_grid(self, run: _TaskRun) -> None:
         from engine import encode_image_file
+        from history.files import outputs_dir
 
         images = []
         for relative in run.task.result:
-            with Image.open(settings.FOOOCUS_OUTPUTS_DIR / relative) as image:
+            with Image.open(outputs_dir() / relative) as image:
                 images.append(image.convert("RGB"))
         params = run.task.req_params
+        # The same encoder as every other output file, so a .webp grid is a WebP file.
         data = encode_image_file(
             _grid(images), params["output_format"], None, params["metadata_scheme"]
         )
@@ -329,44 +316,3 @@ def _describe_crash(exc: Exception) -> str:
     if "out of memory" in text.lower():
         return f"out of GPU memory: {text}"
     return f"internal error: {text}"
-
-
-# Process-wide handle to the worker started by serve/runworker, for the channel consumer.
-_running_worker: EngineWorker | None = None
-_running_lock = threading.Lock()
-
-
-def set_running_worker(worker: EngineWorker | None) -> None:
-    global _running_worker
-    with _running_lock:
-        _running_worker = worker
-
-
-def running_worker() -> EngineWorker | None:
-    return _running_worker
-
-
-class EngineChannelConsumer(AsyncConsumer):
-    """Receives ``task.wake`` messages on the engine channel and pokes this process's worker."""
-
-    async def task_wake(self, message: dict[str, Any]) -> None:
-        worker = running_worker()
-        if worker is not None:
-            worker.wake()
-
-
-def wake_workers() -> None:
-    """Tell the engine workers that a task is waiting (best effort: they also poll)."""
-    from asgiref.sync import async_to_sync
-    from channels.layers import get_channel_layer
-
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    try:
-        async_to_sync(layer.send)(settings.FOOOCUS_WORKER_CHANNEL, {"type": "task.wake"})
-    except Exception:  # a lost wake-up costs at most one poll interval
-        logger.warning("could not send a wake-up to the engine workers", exc_info=True)
-    worker = running_worker()
-    if worker is not None:
-        worker.wake()

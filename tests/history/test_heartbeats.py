@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from history import selectors, services
 from history.models import Task, TaskStatus, WorkerHeartbeat
+from tests.metrics import families, value
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -121,11 +122,29 @@ def test_health_endpoints_on_the_embedded_settings() -> None:
     running("w1", started_at=timezone.now() - timedelta(seconds=3))
     done = running("w1", started_at=timezone.now() - timedelta(seconds=4))
     services.task_finish(task=done, status=TaskStatus.FINISHED)
-    text = client.get("/metrics").content.decode()
-    assert "fooocus_workers_live 1" in text
-    assert 'fooocus_tasks{status="running"} 1' in text
-    assert 'fooocus_tasks{status="finished"} 1' in text
-    assert 'fooocus_task_duration_seconds_bucket{le="2.5"} 0' in text
-    assert 'fooocus_task_duration_seconds_bucket{le="5"} 1' in text
-    assert "fooocus_task_duration_seconds_count 1" in text
-    assert 'fooocus_worker_steps_total{worker="w1",device="cpu"} 0' in text
+    answer = client.get("/metrics")
+    assert answer["Content-Type"].startswith("text/plain; version=0.0.4")
+    text = answer.content.decode()
+    assert value(text, "fooocus_workers_live") == 1
+    assert value(text, "fooocus_tasks", status="running") == 1
+    assert value(text, "fooocus_tasks", status="finished") == 1
+    assert value(text, "fooocus_task_duration_seconds_bucket", le="2.5") == 0
+    assert value(text, "fooocus_task_duration_seconds_bucket", le="5") == 1
+    assert value(text, "fooocus_task_duration_seconds_count") == 1
+    assert value(text, "fooocus_worker_steps_total", worker="w1", device="cpu") == 0
+    # The metric families and their types, as Prometheus reads them (the parser drops the
+    # `_total` and `_info` suffixes from family names).
+    assert families(text) == {
+        "fooocus_queue_depth": "gauge",
+        "fooocus_tasks": "gauge",
+        "fooocus_task_duration_seconds": "histogram",
+        "fooocus_workers_live": "gauge",
+        "fooocus_worker_heartbeat_age_seconds": "gauge",
+        "fooocus_worker_heartbeat_timestamp_seconds": "gauge",
+        "fooocus_worker_steps": "counter",
+        "fooocus_worker_step_rate": "gauge",
+        "fooocus_worker_busy": "gauge",
+        "fooocus_webhook_failures": "counter",
+        "fooocus_database_vendor_info": "gauge",
+    }
+    assert value(text, "fooocus_database_vendor_info", vendor="sqlite") == 1

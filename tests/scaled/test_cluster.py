@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from tests.cluster import Cluster, Proc, Services
+from tests.metrics import samples, value
 
 pytestmark = pytest.mark.e2e
 
@@ -101,14 +102,16 @@ def test_health_endpoints_report_the_deployment(cluster: Cluster) -> None:
     assert isinstance(body["queue_depth"], int)
     metrics = requests.get(f"{web.url}/metrics", timeout=10)
     assert metrics.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    lines = metrics.text.splitlines()
-    assert "fooocus_workers_live 2" in lines
-    assert any(line.startswith("fooocus_queue_depth ") for line in lines)
-    assert any(line.startswith('fooocus_tasks{status="finished"} ') for line in lines)
-    assert 'fooocus_database_vendor_info{vendor="postgresql"} 1' in lines
-    beats = [line for line in lines if line.startswith("fooocus_worker_heartbeat_age_seconds{")]
+    figures = samples(metrics.text)
+    assert value(metrics.text, "fooocus_workers_live") == 2
+    assert value(metrics.text, "fooocus_queue_depth") is not None
+    assert value(metrics.text, "fooocus_tasks", status="finished") is not None
+    assert value(metrics.text, "fooocus_database_vendor_info", vendor="postgresql") == 1
+    beats = [
+        v for (name, _), v in figures.items() if name == "fooocus_worker_heartbeat_age_seconds"
+    ]
     assert len(beats) == 2
-    assert all(float(line.split()[-1]) < 3 for line in beats)
+    assert all(age < 3 for age in beats)
 
 
 def test_stream_on_one_web_and_live_preview_on_the_other(cluster: Cluster) -> None:

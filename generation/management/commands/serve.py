@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import faulthandler
 import logging
-import signal
 from typing import Any
 
 from django.conf import settings
@@ -19,6 +17,9 @@ logger = logging.getLogger("generation")
 
 class Command(BaseCommand):
     help = "Serve the API (daphne) with one engine worker in this process; SQLite by default."
+    # Settings are checked before anything starts (generation/checks.py): a bad value stops
+    # here with a message naming the variable.
+    requires_system_checks = "__all__"
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default="127.0.0.1", help="interface to listen on")
@@ -26,12 +27,13 @@ class Command(BaseCommand):
         parser.add_argument("--preset", default=None, help="default preset (e.g. demo)")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        # `kill -USR1 <pid>` prints every thread's stack: the way to see what a stuck worker does.
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
+        from generation.bootstrap import dump_stacks_on_sigusr1
+
+        dump_stacks_on_sigusr1()
         # daphne.server installs Twisted's asyncio reactor; it must come before anything else
         # imports the reactor.
         import daphne.server
-        from twisted.internet import reactor
+        from twisted.internet import defer, reactor
 
         from engine.presets import list_presets
 
@@ -55,12 +57,13 @@ class Command(BaseCommand):
             verbosity=0,
         )
         runtime: dict[str, Any] = {}
-        reactor.callWhenRunning(self._start_worker, application, runtime)
+        reactor.callWhenRunning(self._start_worker, runtime)
+        # daphne's own handlers take SIGTERM/SIGINT to a reactor shutdown; the shutdown waits
+        # for the worker to hand its task back.
         reactor.addSystemEventTrigger(
             "before",
             "shutdown",  # type: ignore[arg-type]
-            self._stop_worker,
-            runtime,
+            lambda: defer.Deferred.fromFuture(asyncio.ensure_future(self._stop_worker(runtime))),
         )
         self.stdout.write(
             f"Fooocus API on http://{host}:{port}/ (preset {settings.FOOOCUS_PRESET}); "
@@ -85,41 +88,17 @@ class Command(BaseCommand):
         )
 
     @staticmethod
-    def _start_worker(application: Any, runtime: dict[str, Any]) -> None:
+    def _start_worker(runtime: dict[str, Any]) -> None:
         from channels.layers import get_channel_layer
-        from channels.worker import Worker
 
-        from engine.pipeline import Engine
-        from generation.catalog import engine_config
-        from generation.events import EventPublisher
-        from generation.worker import EngineWorker, set_running_worker
+        from generation.bootstrap import WorkerProcess
 
-        loop = asyncio.get_event_loop()
-        layer = get_channel_layer()
-        worker = EngineWorker(
-            engine_factory=lambda: Engine(engine_config()),
-            publisher=EventPublisher(loop, layer),
-        )
-        set_running_worker(worker)
-        worker.start()
-        listener = Worker(
-            application=application,
-            channels=[settings.FOOOCUS_WORKER_CHANNEL],
-            channel_layer=layer,
-        )
-        runtime["worker"] = worker
-        runtime["listener"] = loop.create_task(listener.arun())
-        logger.info("engine worker %s started", worker.name)
+        process = WorkerProcess(loop=asyncio.get_event_loop(), layer=get_channel_layer())
+        process.start()
+        runtime["process"] = process
 
     @staticmethod
-    def _stop_worker(runtime: dict[str, Any]) -> None:
-        from generation.worker import set_running_worker
-
-        worker = runtime.get("worker")
-        if worker is not None:
-            logger.info("stopping the engine worker (the running task goes back to the queue)")
-            worker.stop()
-            set_running_worker(None)
-        listener = runtime.get("listener")
-        if listener is not None:
-            listener.cancel()
+    async def _stop_worker(runtime: dict[str, Any]) -> None:
+        process = runtime.get("process")
+        if process is not None:
+            await process.stop()
