@@ -87,7 +87,7 @@ def test_brownian_step_noise_is_independent_of_the_initial_noise() -> None:
 
 
 def _tcd_times(model: object, sigmas: list[float]) -> list[int]:
-    """The s-timesteps tcd jumps to, found from the abar it uses: recorded via its x0 output."""
+    """The s-timesteps tcd jumps to on the schedule the model (or wrapper) carries."""
     schedule: NoiseSchedule = model.schedule  # type: ignore[attr-defined]
     return [math.floor((1 - TCD_GAMMA) * schedule.timestep(s)) for s in sigmas[:-1]]
 
