@@ -28,6 +28,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from engine.guidance import UNetCall
 from engine.image_prompts.preprocessors import clip_input
+from engine.models import checkpoint_keys as keys
 from engine.models.components import CONFIG_DIR
 from engine.models.loading import (
     CheckpointFormatError,
@@ -51,12 +52,23 @@ class ImageEncoder:
         config = CLIPVisionConfig.from_pretrained(config_dir)
         with torch.device("meta"):
             model = CLIPVisionModelWithProjection(config)
+        hidden = int(config.hidden_size)
         with open_weights(path) as source:
+            open_clip = any(n.startswith(keys.OPEN_CLIP_VISUAL_PREFIX) for n in source.names)
 
             def fetch(name: str) -> torch.Tensor:
-                if name not in source:
-                    raise KeyError(name)
-                return source[name]
+                if not open_clip:
+                    if name not in source:
+                        raise KeyError(name)
+                    return source[name]
+                # open_clip layout (``visual.*``), converted as Fooocus converts it.
+                original, chunk = keys.clip_vision_open_clip_name(name)
+                if original not in source:
+                    raise KeyError(original)
+                tensor = source[original]
+                if chunk is not None:
+                    return tensor[chunk * hidden : (chunk + 1) * hidden]
+                return tensor.t() if name == "visual_projection.weight" else tensor
 
             fill_module(model, fetch, dtype, path.name)
         self.model: Any = model.to(device)  # type: ignore[arg-type]

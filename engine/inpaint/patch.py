@@ -22,6 +22,7 @@ from diffusers import UNet2DConditionModel
 
 from engine.models import checkpoint_keys as keys
 from engine.sampling import Denoiser
+from engine.sampling.common import model_schedule
 
 UNPATCHED_FRACTION = 0.2  # the last 20% of the steps run without the patch and head
 LDM_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
@@ -139,10 +140,12 @@ def head_hook(
 class BlendingDenoiser:
     """Keeps the unmasked area on the known image: before each call x takes the fill latent
     noised to sigma (fresh CPU noise seeded seed+1) outside the mask, and after it the x0
-    estimate takes the fill latent there. ``mask`` is 1 where the model paints."""
+    estimate takes the fill latent there. ``mask`` is 1 where the model paints. It carries the
+    ``schedule`` of the model it wraps (tcd reads its timesteps through the wrapper)."""
 
     def __init__(self, inner: Denoiser, fill: torch.Tensor, mask: torch.Tensor, seed: int) -> None:
         self.inner = inner
+        self.schedule = model_schedule(inner)
         self.fill = fill
         self.mask = mask
         self._generator = torch.Generator(device="cpu").manual_seed(seed + 1)

@@ -23,6 +23,10 @@ CLIP_L_PREFIX = "conditioner.embedders.0.transformer."
 CLIP_G_PREFIX = "conditioner.embedders.1.model."
 # The official SDXL refiner has only CLIP-G, as its first embedder.
 REFINER_CLIP_G_PREFIX = "conditioner.embedders.0.model."
+# The name some SDXL checkpoints give open_clip's text_projection (read as the same matrix).
+TEXT_PROJECTION_LINEAR = "text_projection.weight"
+# CLIP vision towers saved by open_clip: every weight under ``visual.``.
+OPEN_CLIP_VISUAL_PREFIX = "visual."
 
 _UNET_RESNET = {
     "norm1": "in_layers.0",
@@ -258,3 +262,35 @@ def clip_l_name(key: str) -> str:
 def clip_l_to_original(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A CLIPTextModel state dict under the SDXL checkpoint's CLIP-L names."""
     return {clip_l_name(k): v for k, v in state.items()}
+
+
+_OPEN_CLIP_VISION_FIXED = {
+    "vision_model.embeddings.class_embedding": "class_embedding",
+    "vision_model.embeddings.patch_embedding.weight": "conv1.weight",
+    "vision_model.embeddings.position_embedding.weight": "positional_embedding",
+    "vision_model.pre_layrnorm.weight": "ln_pre.weight",
+    "vision_model.pre_layrnorm.bias": "ln_pre.bias",
+    "vision_model.post_layernorm.weight": "ln_post.weight",
+    "vision_model.post_layernorm.bias": "ln_post.bias",
+    "visual_projection.weight": "proj",
+}
+
+
+def clip_vision_open_clip_name(key: str) -> tuple[str, int | None]:
+    """The open_clip (``visual.*``) name of a CLIPVisionModelWithProjection parameter.
+
+    As for :func:`clip_g_name`, the second value is the q/k/v chunk of ``attn.in_proj_*``;
+    ``visual_projection.weight`` is ``proj`` transposed (open_clip multiplies x @ proj), as
+    Fooocus's ``clip_vision.convert_to_transformers`` converts it. KeyError for unknown names.
+    """
+    if key in _OPEN_CLIP_VISION_FIXED:
+        return OPEN_CLIP_VISUAL_PREFIX + _OPEN_CLIP_VISION_FIXED[key], None
+    match = re.match(r"vision_model\.encoder\.layers\.(\d+)\.(.*)", key)
+    if not match:
+        raise KeyError(key)
+    layer, rest = match.groups()
+    head = f"{OPEN_CLIP_VISUAL_PREFIX}transformer.resblocks.{layer}"
+    proj = re.match(r"self_attn\.([qkv])_proj\.(weight|bias)$", rest)
+    if proj:
+        return f"{head}.attn.in_proj_{proj.group(2)}", "qkv".index(proj.group(1))
+    return _join(head, _rename_head(rest, _OPEN_CLIP_LAYER)), None

@@ -127,11 +127,18 @@ def _clip_g_fetch(
 ) -> Callable[[str], torch.Tensor]:
     def fetch(name: str) -> torch.Tensor:
         original, chunk = keys.clip_g_name(name)
+        if original == "text_projection":
+            # open_clip's matrix (pooled @ M); a Linear stores M transposed. Some checkpoints name
+            # it ``text_projection.weight``: Fooocus maps that key onto the same parameter and
+            # reads it the same way (no transpose; its own key replacement, supported_models.py),
+            # so it is M here too.
+            stored = prefix + original
+            if stored not in source:
+                stored = prefix + keys.TEXT_PROJECTION_LINEAR
+            return _get(source, stored).t()
         tensor = _get(source, prefix + original)
         if chunk is not None:
             return tensor[chunk * hidden : (chunk + 1) * hidden]
-        if original == "text_projection":
-            return tensor.t()
         return tensor
 
     return fetch

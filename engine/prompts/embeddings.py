@@ -5,6 +5,12 @@ An SDXL embedding file holds one vector set per text encoder: ``clip_l`` [n, 768
 ``weights_only``). The n vectors take the place of n tokens in the prompt, so they count toward
 the 75-token chunks, and they are fed to each encoder in place of its token embeddings at those
 positions. Files live in ``models/embeddings`` and are named by their stem (or full file name).
+
+Other textual-inversion files are read as Fooocus reads them (``sd1_clip.load_embed``): each
+encoder takes its own key when the file has it, else an A1111 file's ``string_to_param`` vectors,
+else the file's first tensor. So an SD1.5 embedding (one [n, 768] set, e.g. ``emb_params``) in an
+SDXL prompt reaches both encoders; CLIP-L (768 wide) uses it and CLIP-G (1280 wide) skips it with a
+warning (:class:`~engine.prompts.encoding.PromptEncoder` drops vectors of the wrong width).
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ class Embedding:
 
 
 def read_embedding(path: Path) -> Embedding:
-    """Read an SDXL embedding file; ValueError when it is not one."""
+    """Read a textual-inversion file (SDXL or SD1.5); ValueError when it holds no vectors."""
     if path.suffix == ".safetensors":
         data: object = load_file(str(path))
     else:
@@ -47,14 +53,26 @@ def read_embedding(path: Path) -> Embedding:
         raise ValueError(f"{path.name} holds no tensors by name")
     vectors: dict[str, torch.Tensor] = {}
     for key in ENCODER_KEYS:
-        tensor = data.get(key)
-        if not isinstance(tensor, torch.Tensor):
-            raise ValueError(f"{path.name} has no '{key}' tensor (SDXL embeddings need both)")
+        tensor = _vectors_for(data, key)
+        if tensor is None:
+            raise ValueError(f"{path.name} holds no embedding vectors")
         vectors[key] = (tensor.unsqueeze(0) if tensor.ndim == 1 else tensor).float()
     lengths = {t.shape[0] for t in vectors.values()}
     if len(lengths) != 1 or any(t.ndim != 2 for t in vectors.values()):
         raise ValueError(f"{path.name}: clip_l and clip_g must be [n, width] with the same n")
     return Embedding(path.stem, vectors)
+
+
+def _vectors_for(data: Mapping[str, object], key: str) -> torch.Tensor | None:
+    """Fooocus's choice of one encoder's vectors: its key, string_to_param, the first tensor."""
+    own = data.get(key)
+    if isinstance(own, torch.Tensor):
+        return own
+    params = data.get("string_to_param")
+    if isinstance(params, Mapping):
+        first = next(iter(params.values()), None)
+        return first if isinstance(first, torch.Tensor) else None
+    return next((v for v in data.values() if isinstance(v, torch.Tensor)), None)
 
 
 class EmbeddingLibrary:

@@ -273,6 +273,26 @@ class PromptEncoder:
         self._cache[text] = result
         return result
 
+    def _without_misfits(self, chunks: list[Chunk], width: int, pad: int) -> list[Chunk]:
+        """Drop embedding vectors of another width than this encoder's, with a note.
+
+        As Fooocus (``sd1_clip``): the rest of the chunk moves up, pad tokens fill its end, and
+        each position keeps the weight it had (an SD1.5 embedding on CLIP-G, say).
+        """
+        out: list[Chunk] = []
+        for chunk in chunks:
+            kept = [t for t, _ in chunk if not isinstance(t, torch.Tensor) or t.shape[-1] == width]
+            if len(kept) == len(chunk):
+                out.append(chunk)
+                continue
+            note = f"An embedding does not fit the {width}-wide text encoder; skipped there"
+            if note not in self._unknown:
+                self._unknown.add(note)
+                self._on_note(note)
+            kept += [pad] * (len(chunk) - len(kept))
+            out.append([(token, weight) for token, (_, weight) in zip(kept, chunk, strict=True)])
+        return out
+
     @torch.no_grad()
     def _encode_chunks(
         self,
@@ -280,8 +300,9 @@ class PromptEncoder:
         chunks: list[Chunk],
         tokenizer: CLIPTokenizer,
     ) -> _EncoderOutput:
-        weighted = any(w != 1.0 for chunk in chunks for _, w in chunk)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        chunks = self._without_misfits(chunks, int(encoder.config.hidden_size), pad)
+        weighted = any(w != 1.0 for chunk in chunks for _, w in chunk)
         ids = [[t if isinstance(t, int) else pad for t, _ in chunk] for chunk in chunks]
         if weighted:
             empty = [tokenizer.bos_token_id, tokenizer.eos_token_id]

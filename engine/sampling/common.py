@@ -9,6 +9,7 @@ from typing import Protocol
 import torch
 
 from engine.sampling.noise import NoiseSampler
+from engine.sampling.schedules import NoiseSchedule
 
 
 class Denoiser(Protocol):
@@ -21,6 +22,19 @@ StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
 """``callback(step_index, x, denoised)``, once per step."""
 
 Sampler = Callable[[Denoiser, torch.Tensor, list[float], NoiseSampler, StepCallback], torch.Tensor]
+
+
+def model_schedule(model: Denoiser) -> NoiseSchedule:
+    """The noise schedule a sampler's model walks on (tcd needs its timesteps).
+
+    Every denoiser and every wrapper around one (the refiner switch, the inpaint blend) carries
+    the ``schedule`` of the model it wraps; a model without one is an error rather than a silent
+    fall-back to the plain schedule, which would give tcd the wrong timesteps on a distilled one.
+    """
+    schedule = getattr(model, "schedule", None)
+    if not isinstance(schedule, NoiseSchedule):
+        raise TypeError(f"{type(model).__name__} carries no noise schedule")
+    return schedule
 
 
 def ancestral_split(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:

@@ -13,9 +13,9 @@ import math
 import numpy as np
 import torch
 
-from engine.sampling.common import Denoiser, StepCallback, ancestral_split, to_d
+from engine.sampling.common import Denoiser, StepCallback, ancestral_split, model_schedule, to_d
 from engine.sampling.noise import NoiseSampler
-from engine.sampling.schedules import NoiseSchedule, training_sigmas
+from engine.sampling.schedules import training_sigmas
 
 TCD_GAMMA = 0.3  # Fooocus's (ComfyUI's) default "eta" of TCD
 LMS_ORDER = 4
@@ -236,7 +236,7 @@ def tcd(
     sigma_next with fresh noise. As in ComfyUI, the last step lands on training timestep 0, whose
     sigma is not zero, and the result stays in the variance-preserving scale there.
     """
-    schedule: NoiseSchedule = getattr(model, "schedule", None) or NoiseSchedule()
+    schedule = model_schedule(model)
     full = training_sigmas()
     abar_s = []
     for k, s in enumerate(sigmas):

@@ -1,7 +1,11 @@
 """Seeded noise: the initial latent noise and the per-step noise sources of stochastic samplers.
 
-All randomness derives from the image seed, so one seed gives one image on any device: Gaussian
-noise is drawn on the CPU in float32 and moved, and the Brownian tree is seeded with the seed.
+All randomness derives from the image seed. Gaussian noise is drawn on the CPU in float32 and
+moved, so one seed gives one image on any device: as in Fooocus on the CPU (``prepare_noise`` seeds
+the global generator with the seed, the samplers' ``randn_like`` then continue that stream), one
+generator per image is seeded with the seed, the initial latent noise is its first draw and the
+per-step noise continues the same stream, so the two are independent. The Brownian tree of the SDE
+samplers is built on the latent's device and seeded with the seed, as Fooocus builds it.
 """
 
 from __future__ import annotations
@@ -45,13 +49,19 @@ def scale_initial_noise(
 
 
 class GaussianNoise:
-    """Independent standard normal noise per call, from a CPU generator seeded with the seed."""
+    """Independent standard normal noise per call: the seed's CPU stream after the initial noise.
+
+    The generator is seeded with the seed and first advanced past the draw :func:`initial_noise`
+    makes for a latent shaped like ``like``, so the first step's noise is the stream's second draw,
+    never the starting noise itself.
+    """
 
     def __init__(self, like: torch.Tensor, seed: int) -> None:
         self._shape = tuple(like.shape)
         self._device = like.device
         self._dtype = like.dtype
         self._generator = torch.Generator(device="cpu").manual_seed(seed)
+        torch.randn(self._shape, generator=self._generator, dtype=torch.float32)
 
     def __call__(self, sigma: float, sigma_next: float) -> torch.Tensor:
         """Fresh noise; the sigmas are ignored (ancestral samplers need no correlation)."""
@@ -63,17 +73,17 @@ class BrownianNoise:
     """Brownian-tree noise over [sigma_min, sigma_max], seeded with the image seed.
 
     The increment between two sigmas is normalised to unit variance. The tree makes the noise of a
-    step depend only on the interval, not on how the schedule was cut into steps. ``on_cpu`` builds
-    the tree on the CPU (the non-"_gpu" samplers), otherwise on the latent's device.
+    step depend only on the interval, not on how the schedule was cut into steps. The tree lives
+    on the latent's device for every SDE sampler, with or without the "_gpu" suffix: Fooocus
+    replaces the samplers' own (CPU) tree with one built on the latent's device. torchsde draws
+    per device, so a CUDA run differs from a CPU run of the same seed, as in Fooocus.
     """
 
-    def __init__(
-        self, like: torch.Tensor, sigma_min: float, sigma_max: float, seed: int, *, on_cpu: bool
-    ) -> None:
+    def __init__(self, like: torch.Tensor, sigma_min: float, sigma_max: float, seed: int) -> None:
         self._device = like.device
         self._dtype = like.dtype
-        tree_device = torch.device("cpu") if on_cpu else like.device
-        w0 = torch.zeros(like.shape, dtype=torch.float32, device=tree_device)
+        self.tree_device = like.device
+        w0 = torch.zeros(like.shape, dtype=torch.float32, device=self.tree_device)
         # Times as float32 values, like the sigma tensors they come from.
         t0 = float(torch.tensor(sigma_min, dtype=torch.float32))
         t1 = float(torch.tensor(sigma_max, dtype=torch.float32))

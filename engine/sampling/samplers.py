@@ -23,7 +23,7 @@ from engine.sampling.common import Denoiser, Sampler, StepCallback, ancestral_sp
 from engine.sampling.noise import BrownianNoise, GaussianNoise, NoiseSampler
 from engine.types import EngineInputError, FeatureNotSupportedError
 
-NoiseKind = Literal["none", "gaussian", "brownian_cpu", "brownian_device"]
+NoiseKind = Literal["none", "gaussian", "brownian"]
 _ancestral_split = ancestral_split
 
 
@@ -138,7 +138,22 @@ def dpmpp_sde(
     Each stage is an ancestral DPM-Solver++(1) step: deterministic to sigma_down, then noise of std
     sigma_up. Stage 1 goes to the midpoint sigma_s = sqrt(sigma·sigma_next); stage 2 restarts from x
     with the midpoint's x0 estimate. The final step to sigma 0 is a plain Euler step.
+
+    The step's scalars (t = -log sigma, the midpoint s, sigma = exp(-t) and the ancestral split)
+    are computed in the latents' dtype, as Fooocus computes them on its sigma tensors, so the
+    Brownian tree is queried at the same (float32) times.
     """
+    dtype = x.dtype
+
+    def scalar(value: float) -> torch.Tensor:
+        return torch.tensor(value, dtype=dtype)
+
+    def split(sigma_from: torch.Tensor, sigma_to: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        up = torch.minimum(
+            sigma_to, (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
+        )
+        return (sigma_to**2 - up**2) ** 0.5, up
+
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = model(x, sigma)
@@ -146,14 +161,18 @@ def dpmpp_sde(
         if sigma_next == 0.0:
             x = x + (x - denoised) / sigma * (sigma_next - sigma)
             continue
-        sigma_mid = math.exp((math.log(sigma) + math.log(sigma_next)) / 2)
-        down, up = _ancestral_split(sigma, sigma_mid)
-        x_mid = (down / sigma) * x - math.expm1(math.log(down) - math.log(sigma)) * denoised
-        x_mid = x_mid + noise(sigma, sigma_mid) * up
-        denoised_mid = model(x_mid, sigma_mid)
-        down, up = _ancestral_split(sigma, sigma_next)
-        x = (down / sigma) * x - math.expm1(math.log(down) - math.log(sigma)) * denoised_mid
-        x = x + noise(sigma, sigma_next) * up
+        t, t_next = -scalar(sigma).log(), -scalar(sigma_next).log()
+        s = t + (t_next - t) * 0.5
+        sigma_t, sigma_s, sigma_n = (-t).exp(), (-s).exp(), (-t_next).exp()
+        down, up = split(sigma_t, sigma_s)
+        s_ = -down.log()
+        x_2 = float((-s_).exp() / sigma_t) * x - float((t - s_).expm1()) * denoised
+        x_2 = x_2 + noise(float(sigma_t), float(sigma_s)) * float(up)
+        denoised_2 = model(x_2, float(sigma_s))
+        down, up = split(sigma_t, sigma_n)
+        t_n = -down.log()
+        x = float((-t_n).exp() / sigma_t) * x - float((t - t_n).expm1()) * denoised_2
+        x = x + noise(float(sigma_t), float(sigma_n)) * float(up)
     return x
 
 
@@ -202,13 +221,13 @@ SAMPLER_SPECS: dict[str, SamplerSpec] = {
         SamplerSpec("dpm_fast", dpm_solver.dpm_fast, "none"),
         SamplerSpec("dpm_adaptive", dpm_solver.dpm_adaptive, "none"),
         SamplerSpec("dpmpp_2s_ancestral", higher_order.dpmpp_2s_ancestral, "gaussian"),
-        SamplerSpec("dpmpp_sde", dpmpp_sde, "brownian_cpu"),
-        SamplerSpec("dpmpp_sde_gpu", dpmpp_sde, "brownian_device"),
+        SamplerSpec("dpmpp_sde", dpmpp_sde, "brownian"),
+        SamplerSpec("dpmpp_sde_gpu", dpmpp_sde, "brownian"),
         SamplerSpec("dpmpp_2m", dpmpp_2m, "none"),
-        SamplerSpec("dpmpp_2m_sde", dpmpp_2m_sde, "brownian_cpu"),
-        SamplerSpec("dpmpp_2m_sde_gpu", dpmpp_2m_sde, "brownian_device"),
-        SamplerSpec("dpmpp_3m_sde", higher_order.dpmpp_3m_sde, "brownian_cpu"),
-        SamplerSpec("dpmpp_3m_sde_gpu", higher_order.dpmpp_3m_sde, "brownian_device"),
+        SamplerSpec("dpmpp_2m_sde", dpmpp_2m_sde, "brownian"),
+        SamplerSpec("dpmpp_2m_sde_gpu", dpmpp_2m_sde, "brownian"),
+        SamplerSpec("dpmpp_3m_sde", higher_order.dpmpp_3m_sde, "brownian"),
+        SamplerSpec("dpmpp_3m_sde_gpu", higher_order.dpmpp_3m_sde, "brownian"),
         SamplerSpec("ddpm", higher_order.ddpm, "gaussian"),
         SamplerSpec("lcm", lcm, "gaussian"),
         SamplerSpec("tcd", higher_order.tcd, "gaussian"),
@@ -234,9 +253,9 @@ def get_sampler(name: str) -> SamplerSpec:
 
 def make_noise(kind: NoiseKind, x: torch.Tensor, sigmas: list[float], seed: int) -> NoiseSampler:
     """The noise source of ``kind`` for one image, seeded with its seed."""
-    if kind in ("brownian_cpu", "brownian_device"):
+    if kind == "brownian":
         positive = [s for s in sigmas if s > 0.0]
-        return BrownianNoise(x, min(positive), max(positive), seed, on_cpu=(kind == "brownian_cpu"))
+        return BrownianNoise(x, min(positive), max(positive), seed)
     if kind == "gaussian":
         return GaussianNoise(x, seed)
     return _no_noise

@@ -27,24 +27,25 @@ KARRAS_RHO = 7.0
 DISTILLED_STEPS = 50
 LCM_SIGMA_DATA = 0.5
 LCM_TIMESTEP_SCALING = 10.0
-# NVIDIA's "Align Your Steps" noise levels for SDXL (from the AYS paper's published table).
+# NVIDIA's "Align Your Steps" noise levels for SDXL (AYS_SDXL_SIGMAS below): the published table
+# to 10 digits, as Fooocus uses them.
 # Fooocus's EDM model sampling for Playground v2.5 (ComfyUI's ModelSamplingContinuousEDM with
 # sampling "edm_playground_v2.5", sigma_max 120, sigma_min 0.002).
 EDM_SIGMA_MIN = 0.002
 EDM_SIGMA_MAX = 120.0
 EDM_SIGMA_DATA = 0.5
 AYS_SDXL_SIGMAS: tuple[float, ...] = (
-    14.6146,
-    6.3184,
-    3.7682,
-    2.1811,
-    1.3405,
-    0.8621,
-    0.5551,
-    0.3799,
-    0.2332,
-    0.1114,
-    0.0292,
+    14.6146412293,
+    6.3184485287,
+    3.7681790315,
+    2.1811480769,
+    1.3405244945,
+    0.8620721141,
+    0.5550693289,
+    0.3798540708,
+    0.2332364134,
+    0.1114188177,
+    0.0291671582,
 )
 
 
@@ -54,9 +55,41 @@ def training_sigmas() -> torch.Tensor:
     Betas are linear in sqrt(beta) from 0.00085 to 0.012; sigma(t) = sqrt((1 - abar_t) / abar_t).
     Computed in float64 and stored in float32, as the reference implementation does.
     """
+    return _training_sigmas64().float()
+
+
+def _training_sigmas64() -> torch.Tensor:
     betas = torch.linspace(BETA_START**0.5, BETA_END**0.5, TRAINING_STEPS, dtype=torch.float64) ** 2
     alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
-    return (((1.0 - alphas_cumprod) / alphas_cumprod) ** 0.5).float()
+    return ((1.0 - alphas_cumprod) / alphas_cumprod) ** 0.5
+
+
+def _f32(value: float) -> float:
+    """``value`` rounded to the nearest float32 (as a Python float)."""
+    return float(torch.tensor(value, dtype=torch.float32))
+
+
+def _log_f32(values: torch.Tensor) -> torch.Tensor:
+    """log of each value, correctly rounded to float32: computed in float64, then rounded.
+
+    torch's own float32 log may differ by one ulp between CPU instruction sets; rounding the
+    float64 result keeps the tables and the nearest-timestep rule identical on every machine.
+    """
+    return values.double().log().float()
+
+
+def nearest_index(log_sigmas: torch.Tensor, sigma: float) -> int:
+    """The one rule for sigma -> nearest table entry, used for every sigma -> timestep mapping.
+
+    As Fooocus (``ModelSamplingDiscrete.timestep``): sigma is taken as float32, its log rounded to
+    float32, and the distances |log sigma - log_sigmas[i]| are float32 differences (exact IEEE
+    operations, so the same everywhere). An exact tie (a sigma at a log-midpoint of two entries)
+    goes to the LOWER index, the first minimum (``argmin``'s documented choice in Fooocus).
+    """
+    log_sigma = _log_f32(torch.tensor([_f32(sigma)], dtype=torch.float64))
+    distances = (log_sigma - log_sigmas.float()).abs()
+    best = distances.min()
+    return int(torch.nonzero(distances == best)[0, 0])
 
 
 class NoiseSchedule:
@@ -68,13 +101,19 @@ class NoiseSchedule:
     """
 
     def __init__(self, *, distilled: bool = False, lcm_output: bool = False) -> None:
-        full = training_sigmas()
+        full = _training_sigmas64()
         self.distilled = distilled
         self.lcm_output = lcm_output
         self.stride = TRAINING_STEPS // DISTILLED_STEPS if distilled else 1
         # Valid sigma k sits at training timestep k * stride + (stride - 1): 19, 39, ... 999.
-        self.sigmas = full[self.stride - 1 :: self.stride].clone() if distilled else full
-        self.log_sigmas = self.sigmas.log()
+        # Fooocus's log table: log of the float64 sigmas for the full model, log of the float32
+        # ones for the distilled grid; both rounded to float32.
+        if distilled:
+            self.sigmas = full[self.stride - 1 :: self.stride].float()
+            self.log_sigmas = _log_f32(self.sigmas)
+        else:
+            self.sigmas = full.float()
+            self.log_sigmas = _log_f32(full)
 
     @property
     def sigma_min(self) -> float:
@@ -88,19 +127,27 @@ class NoiseSchedule:
 
     def timestep(self, sigma: float) -> float:
         """The UNet's timestep for ``sigma``: the integer training timestep whose sigma is nearest
-        in log space. Fooocus also measures progress (1 - t/999) and the ADM switch with it."""
-        index = int((math.log(sigma) - self.log_sigmas).abs().argmin())
+        in log space, by :func:`nearest_index` (float32, exact ties to the lower timestep).
+        Fooocus also measures progress (1 - t/999) and the ADM switch with it."""
+        index = nearest_index(self.log_sigmas, sigma)
         return index * self.stride + (self.stride - 1)
 
     def sigma(self, timestep: float) -> float:
-        """Sigma at a (possibly fractional) timestep, interpolated linearly in log sigma."""
-        position = (timestep - (self.stride - 1)) / self.stride
-        position = min(max(position, 0.0), len(self.sigmas) - 1.0)
-        low = math.floor(position)
-        high = math.ceil(position)
-        frac = position - low
-        log_sigma = (1.0 - frac) * float(self.log_sigmas[low]) + frac * float(self.log_sigmas[high])
-        return math.exp(log_sigma)
+        """Sigma at a (possibly fractional) timestep, interpolated linearly in log sigma.
+
+        In float32, step by step as Fooocus's ``ModelSamplingDiscrete(Distilled).sigma`` does;
+        the float32 exp is the float64 one rounded.
+        """
+        f32 = torch.float32
+        t = torch.tensor(timestep, dtype=f32)
+        if self.stride != 1:
+            t = (t - (self.stride - 1)) / self.stride
+        t = t.clamp(0.0, len(self.sigmas) - 1.0)
+        low, high = int(t.floor()), int(t.ceil())
+        w = t - t.floor()
+        table = self.log_sigmas
+        log_sigma = (1.0 - w) * table[low] + w * table[high]
+        return _f32(math.exp(float(log_sigma)))
 
     def input_scale(self, sigma: float) -> float:
         """The factor c_in the UNet's input is scaled by: 1/sqrt(sigma² + 1) (unit-variance x_t)."""

@@ -204,7 +204,7 @@ def test_text_encoder_dialects_and_loha(tmp_path: Path) -> None:
             },
             "does not fit the weight",
         ),
-        ({f"{TO_Q_KOHYA}.lora_mid.weight": torch.zeros(4, 4, 3, 3)}, "unsupported key"),
+        ({f"{TO_Q_KOHYA}.oft_blocks": torch.zeros(4, 4, 4)}, "unsupported key"),
         ({f"{TO_Q_KOHYA}.lora_down.weight": torch.zeros(4, 64)}, "incomplete factors"),
     ],
     ids=["other-architecture", "shape-mismatch", "unsupported-type", "incomplete"],

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
+from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
 from engine import Engine, EngineRequest
 from engine.demo.writer import DEMO_CHECKPOINT, DEMO_EMBEDDING
 from engine.models.components import SDXLComponents, build_tiny_sdxl
 from engine.prompts.embeddings import EmbeddingLibrary
 from engine.prompts.encoding import PromptEncoder, tokenize_weighted
-from engine.types import EngineInputError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -99,14 +100,62 @@ def test_unknown_embedding_stays_text_and_is_noted(
     assert "nothere" in notes[0]
 
 
-def test_embedding_without_both_encoders_is_an_input_error(
+def test_a_file_with_one_vector_set_reaches_both_encoders_as_in_fooocus(
     tiny: SDXLComponents, library: EmbeddingLibrary
 ) -> None:
+    # half.bin holds clip_l only: Fooocus's load_embed gives CLIP-G the file's first tensor, which
+    # fits the tiny CLIP-G (both 32 wide), so it is used there as well.
     encoder = PromptEncoder(tiny, clip_skip=2, embeddings=library)
-    with pytest.raises(EngineInputError) as info:
-        encoder.encode_one("embedding:half")
-    assert info.value.field == "prompt"
-    assert "clip_g" in info.value.message
+    found = library.find("half")
+    assert found is not None
+    assert torch.equal(found.vectors["clip_g"], found.vectors["clip_l"])
+    assert encoder.encode_one("embedding:half").embeds.shape[1] == 77
+
+
+def _wider_clip_g(tiny: SDXLComponents, width: int) -> SDXLComponents:
+    config = CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=width,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        max_position_embeddings=77,
+        hidden_act="gelu",
+        projection_dim=width,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=1,
+    )
+    torch.manual_seed(5)
+    return replace(tiny, text_encoder_2=CLIPTextModelWithProjection(config).eval())
+
+
+@pytest.mark.parametrize("layout", ["emb_params.safetensors", "a1111.pt"])
+def test_an_sd15_embedding_applies_to_clip_l_and_is_skipped_on_clip_g(
+    tiny: SDXLComponents, tmp_path: Path, layout: str
+) -> None:
+    wide = _wider_clip_g(tiny, 48)  # CLIP-L 32 wide, CLIP-G 48: an SD1.5 embedding fits only L
+    vectors = _token_vectors(tiny, "red dog")["clip_l"]
+    if layout.endswith(".pt"):  # A1111's textual-inversion .pt
+        torch.save(
+            {"string_to_param": {"*": vectors}, "name": "sd15", "step": 100}, tmp_path / "sd15.pt"
+        )
+    else:
+        save_file({"emb_params": vectors}, str(tmp_path / "sd15.safetensors"))
+    files = [p.name for p in tmp_path.iterdir()]
+    library = EmbeddingLibrary(files, lambda name: tmp_path / name, "prompt")
+    notes: list[str] = []
+    encoder = PromptEncoder(wide, clip_skip=2, embeddings=library, on_note=notes.append)
+    got = encoder.encode_one("a embedding:sd15 cat").embeds
+    plain = PromptEncoder(wide, clip_skip=2)
+    # CLIP-L: exactly the words the vectors came from. CLIP-G: the embedding's positions dropped,
+    # the rest moved up and padded, which is the encoding of the prompt without it.
+    assert torch.allclose(
+        got[..., :32], plain.encode_one("a red dog cat").embeds[..., :32], atol=1e-6
+    )
+    assert torch.allclose(got[..., 32:], plain.encode_one("a cat").embeds[..., 32:], atol=1e-6)
+    assert len(notes) == 1
+    assert "48-wide" in notes[0]
 
 
 def test_demo_embedding_changes_the_image(engine: Engine) -> None:

@@ -31,11 +31,14 @@ from engine.sampling.samplers import (
     euler_ancestral,
     lcm,
 )
+from engine.sampling.schedules import NoiseSchedule
 from engine.types import EngineInputError, FeatureNotSupportedError
 
 
 class GaussianDenoiser:
-    """D(x, s) = x / (s² + 1); counts calls."""
+    """D(x, s) = x / (s² + 1); counts calls. Walks the plain SDXL schedule (tcd reads it)."""
+
+    schedule = NoiseSchedule()
 
     def __init__(self) -> None:
         self.calls: list[float] = []
@@ -162,9 +165,9 @@ def test_initial_noise_matches_torch_manual_seed_and_is_scaled() -> None:
 
 def test_brownian_noise_is_seeded_unit_variance_and_additive() -> None:
     like = torch.zeros(1, 4, 32, 32)
-    a = BrownianNoise(like, 0.03, 14.6, seed=7, on_cpu=True)
-    b = BrownianNoise(like, 0.03, 14.6, seed=7, on_cpu=True)
-    c = BrownianNoise(like, 0.03, 14.6, seed=8, on_cpu=True)
+    a = BrownianNoise(like, 0.03, 14.6, seed=7)
+    b = BrownianNoise(like, 0.03, 14.6, seed=7)
+    c = BrownianNoise(like, 0.03, 14.6, seed=8)
     assert torch.equal(a(14.6, 3.0), b(14.6, 3.0))
     assert not torch.equal(a(14.6, 3.0), c(14.6, 3.0))
     assert float(a(5.0, 2.0).std()) == pytest.approx(1.0, abs=0.1)
