@@ -15,6 +15,7 @@ from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter  #
 from django.conf import settings  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
+from generation.compat.routing import http_routes as fooocus_api_routes  # noqa: E402
 from generation.consumers import GenerateConsumer  # noqa: E402
 from generation.worker import EngineChannelConsumer  # noqa: E402
 
@@ -23,6 +24,7 @@ application = ProtocolTypeRouter(
         "http": URLRouter(
             [
                 re_path(r"^v1/engine/generate/?$", GenerateConsumer.as_asgi()),
+                *fooocus_api_routes,
                 re_path(r"", django_application),  # type: ignore[arg-type]
             ]
         ),

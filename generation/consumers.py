@@ -145,8 +145,22 @@ class GenerateConsumer(AsyncHttpConsumer):
                 429, {"detail": exc.message}, [(b"Retry-After", str(exc.retry_after).encode())]
             )
             return
+        if not body.strip():
+            await self.send_json(
+                422,
+                {
+                    "detail": [
+                        {
+                            "loc": ["body"],
+                            "msg": "the body must be a JSON object; it was empty",
+                            "type": "missing",
+                        }
+                    ]
+                },
+            )
+            return
         try:
-            data = json.loads(body or b"{}")
+            data = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             await self.send_json(
                 422,
@@ -165,8 +179,9 @@ class GenerateConsumer(AsyncHttpConsumer):
         task_id = uuid.uuid4().hex
         layer = self.channel_layer
         channel = None
-        if not wants_async and layer is not None:
+        if (wants_stream or not wants_async) and layer is not None:
             # Subscribe before the task exists, so not even its first event can be missed.
+            # A stream needs every event even when async_process is set too (streaming wins).
             channel = await layer.new_channel()
             await layer.group_add(task_group(task_id), channel)
         try:
