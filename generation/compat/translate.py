@@ -98,7 +98,7 @@ def form_data(post: Any, files: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         value = values[-1]
         if value == "":
             continue
-        data[key] = _json_field(key, value) if key in FORM_JSON_FIELDS else value
+        data[key] = value  # JSON-carrying fields are parsed by translate(), named in a 422
     for key in files:
         upload = files[key]
         content = upload.read()
@@ -141,6 +141,10 @@ def translate(route: Route, data: dict[str, Any], *, from_form: bool = False) ->
     body = dict(data)
     out = Translated(body)
     locations = out.locations
+    if from_form:
+        for name in FORM_JSON_FIELDS:
+            if isinstance(body.get(name), str):
+                body[name] = _json_field(name, body[name])
 
     advanced = body.pop(NESTED, None)
     if isinstance(advanced, str):

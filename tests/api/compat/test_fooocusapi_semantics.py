@@ -26,11 +26,7 @@ def task_count(server: LiveServer) -> int:
 
 
 def stream_events(response: requests.Response) -> list[dict[str, Any]]:
-    return [
-        json.loads(line[6:])
-        for line in response.iter_lines()
-        if line.startswith(b"data: ")
-    ]
+    return [json.loads(line[6:]) for line in response.iter_lines() if line.startswith(b"data: ")]
 
 
 def test_stream_output_wins_over_async_process_and_sends_every_event(server: LiveServer) -> None:
@@ -126,7 +122,9 @@ def test_inputs_convert_to_the_accepted_image_type(server: LiveServer) -> None:
     assert image.size == (64, 48)
     # Lossy, but still the same colour (an independent check of the conversion).
     red, green, blue = image.convert("RGB").getpixel((32, 24))  # type: ignore[misc]
-    assert abs(red - 30) < 8 and abs(green - 160) < 8 and abs(blue - 90) < 8
+    assert abs(red - 30) < 8
+    assert abs(green - 160) < 8
+    assert abs(blue - 90) < 8
 
 
 @pytest.mark.parametrize("body", [b"", b"   ", b"[]", b"42", b'"text"', b"null"])
@@ -166,7 +164,9 @@ def test_unimplemented_fields_set_are_422_naming_the_field(
 ) -> None:
     before = task_count(server)
     response = requests.post(
-        f"{server.url}{GENERATE}", json={**LIGHTNING, "async_process": True, field: value}, timeout=10
+        f"{server.url}{GENERATE}",
+        json={**LIGHTNING, "async_process": True, field: value},
+        timeout=10,
     )
     assert response.status_code == 422, response.text
     item = response.json()["detail"][0]
