@@ -46,6 +46,10 @@ OUTPAINT_DISTANCES: tuple[str, ...] = (
 IMAGE_PROMPT_SLOTS = 4
 IMAGE_PROMPT_KEYS: tuple[str, ...] = ("cn_img", "cn_stop", "cn_weight", "cn_type")
 
+# v1's enhance form numbers its three tabs: enhance_<key>_1..3 -> enhance_ctrls[i][enhance_<key>]
+# (enhance_enabled, enhance_prompt, enhance_mask_model, enhance_inpaint_strength, ...).
+ENHANCE_TABS = 3
+
 # Fooocus-API fields that have no counterpart, dropped with the reason:
 DROPPED: dict[str, str] = {
     # Fooocus-API's default is true ("use the uploaded mask"), which is what this server does.
@@ -57,6 +61,13 @@ DROPPED: dict[str, str] = {
 # Fooocus-API's own defaults where they differ from FooocusAPI's (its AdvancedParams).
 DEFAULTS: dict[str, object] = {
     "inpaint_respective_field": 1.0,
+}
+
+# What Fooocus-API's enhance routes set by themselves.
+ENHANCE_DEFAULTS: dict[str, object] = {
+    "enhance_checkbox": True,
+    "enhance_uov_method": "Vary (Strong)",
+    "save_final_enhanced_image_only": True,
 }
 
 # FooocusAPI image fields a route does not use: a value sent there is ignored, as Fooocus-API's
@@ -84,6 +95,15 @@ ROUTE_FOREIGN: dict[str, tuple[str, ...]] = {
         "inpaint_mask_image_upload",
         "outpaint_selections",
         "outpaint_distance",
+    ),
+    "image-enhance": (
+        "uov_method",
+        "uov_input_image",
+        "inpaint_input_image",
+        "inpaint_mask_image_upload",
+        "outpaint_selections",
+        "outpaint_distance",
+        "controlnet_image",
     ),
     "image-inpaint-outpaint": ("uov_method", "uov_input_image"),
     "image-prompt": ("uov_method", "uov_input_image"),
@@ -136,6 +156,8 @@ ROUTES: dict[tuple[int, str], Route] = {
         ),
         Route(2, "image-inpaint-outpaint", INPAINT_OUTPAINT, form=False, required=("input_image",)),
         Route(2, "image-prompt", IMAGE_PROMPT, form=False, required=("image_prompts",)),
-        Route(2, "image-enhance", ENHANCE, form=False, enhance=True),
+        Route(
+            2, "image-enhance", ENHANCE, form=False, required=("enhance_ctrlnets",), enhance=True
+        ),
     )
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,8 @@ from rest_framework.exceptions import ErrorDetail, ValidationError
 from generation.compat.fields import (
     DEFAULTS,
     DROPPED,
+    ENHANCE_DEFAULTS,
+    ENHANCE_TABS,
     IMAGE_PROMPT_KEYS,
     IMAGE_PROMPT_SLOTS,
     INPUT_IMAGE_BY_ROUTE,
@@ -26,12 +29,14 @@ from generation.compat.fields import (
     ROUTE_FOREIGN,
     Route,
 )
+from generation.unsupported import UNSUPPORTED_FIELDS
 
 NO_IMAGE = {"", "none", "null", "string"}
 # Form fields that carry a JSON document, and form fields that are comma-separated lists.
 FORM_JSON_FIELDS = ("loras", NESTED, "enhance_ctrlnets")
 FORM_LIST_FIELDS = ("style_selections", "outpaint_selections")
 _ZERO = {"0", "0.0", ""}
+_ENHANCE_TAB_FIELD = re.compile(r"^(enhance_[a-z_]+)_([1-9])$")
 
 Location = tuple[str | int, ...]
 
@@ -105,6 +110,13 @@ def form_data(post: Any, files: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         shown[key] = getattr(upload, "name", key)
         if content:
             data[key] = base64.b64encode(content).decode("ascii")
+    tabs: list[dict[str, Any]] = [{} for _ in range(ENHANCE_TABS)]
+    for key in list(data):
+        match = _ENHANCE_TAB_FIELD.match(key)
+        if match and 1 <= int(match.group(2)) <= ENHANCE_TABS:
+            tabs[int(match.group(2)) - 1][match.group(1)] = data.pop(key)
+    if any(tabs):
+        data["enhance_ctrlnets"] = tabs
     if any(f"cn_img{i}" in data or f"cn_type{i}" in data for i in range(1, 5)):
         data["image_prompts"] = [
             {key: data.pop(f"{key}{i}") for key in IMAGE_PROMPT_KEYS if f"{key}{i}" in data}
@@ -135,7 +147,8 @@ def _distance(name: str, value: Any) -> int:
 
 def translate(route: Route, data: dict[str, Any], *, from_form: bool = False) -> Translated:
     """Map one Fooocus-API request onto FooocusAPI's generate body (see ``fields``)."""
-    if route.enhance:
+    if route.enhance and "enhance_checkbox" in UNSUPPORTED_FIELDS:
+        # Translated below once enhance exists (its rows leave generation/unsupported.py).
         raise FeatureNotImplemented("image enhance", route.path)
     _check_required(route, data)
     body = dict(data)
@@ -202,6 +215,9 @@ def translate(route: Route, data: dict[str, Any], *, from_form: bool = False) ->
             body["mixing_image_prompt_and_inpaint"] = True
     for name, value in DEFAULTS.items():
         body.setdefault(name, value)
+    if route.enhance:
+        for name, value in ENHANCE_DEFAULTS.items():
+            body.setdefault(name, value)
     return out
 
 

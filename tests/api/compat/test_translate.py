@@ -125,3 +125,32 @@ def test_unsupported_fields_refuse_only_values_that_would_change_the_result() ->
         }
     )
     assert sorted(errors) == ["dino_erode_or_dilate", "inpaint_advanced_masking_checkbox"]
+
+
+def test_enhance_forms_are_translated_once_enhance_leaves_the_unsupported_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from generation import unsupported
+
+    for name in [n for n, (_d, feature) in UNSUPPORTED_FIELDS.items() if feature == "enhance"]:
+        monkeypatch.delitem(unsupported.UNSUPPORTED_FIELDS, name)
+    post = QueryDict(mutable=True)
+    post.update(
+        {"enhance_enabled_1": "true", "enhance_mask_dino_prompt_1": "face", "enhance_prompt_3": "x"}
+    )
+    files = MultiValueDict({"enhance_input_image": [Upload("in.png", b"PNG")]})
+    data, _shown = form_data(post, files)
+    body = translate(ROUTES[(1, "image-enhance")], data, from_form=True).body
+    assert body["enhance_input_image"] == "UE5H"
+    assert body["enhance_checkbox"] is True
+    assert body["enhance_uov_method"] == "Vary (Strong)"
+    assert body["save_final_enhanced_image_only"] is True
+    assert body["enhance_ctrls"] == [
+        {"enhance_enabled": "true", "enhance_mask_dino_prompt": "face"},
+        {},
+        {"enhance_prompt": "x"},
+    ]
+    v2 = translate(ROUTES[(2, "image-enhance")], {"enhance_ctrlnets": [{"enhance_enabled": True}]})
+    assert v2.body["enhance_ctrls"] == [{"enhance_enabled": True}]
+    with pytest.raises(ValidationError):
+        translate(ROUTES[(2, "image-enhance")], {})
