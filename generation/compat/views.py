@@ -6,7 +6,6 @@ from typing import Any
 
 from django.db.models import Q
 from django.http import FileResponse, HttpRequest, HttpResponse
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
@@ -15,7 +14,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from generation.access import Caller
-from generation.compat import presenters
+from generation.compat import presenters, schema
 from generation.events import clean_vram_request, control_request
 from generation.views import _check_signature, file_response
 from generation.worker import wake_workers
@@ -65,7 +64,7 @@ class QueryJobView(APIView):
 
     required_scope = "read"
 
-    @extend_schema(parameters=[QueryJobSerializer], responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(parameters=[QueryJobSerializer], responses=schema.QUERY_JOB_RESPONSES)
     def get(self, request: Request) -> Response:
         serializer = QueryJobSerializer(data=request.query_params)
         if not serializer.is_valid():
@@ -85,7 +84,7 @@ class JobQueueView(APIView):
 
     required_scope = "read"
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(responses=schema.JOB_QUEUE_RESPONSES)
     def get(self, request: Request) -> Response:
         tasks = _visible(request)
         active = tasks.filter(Q(status=TaskStatus.PENDING) | Q(status=TaskStatus.RUNNING))
@@ -108,7 +107,7 @@ class JobHistoryView(APIView):
 
     required_scope = "read"
 
-    @extend_schema(parameters=[JobHistorySerializer], responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(parameters=[JobHistorySerializer], responses=schema.JOB_HISTORY_RESPONSES)
     def get(self, request: Request) -> Response:
         serializer = JobHistorySerializer(data=request.query_params)
         if not serializer.is_valid():
@@ -162,7 +161,7 @@ class StopView(APIView):
 
     required_scope = "admin"
 
-    @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(request=None, responses=schema.STOP_RESPONSES)
     def post(self, request: Request) -> Response:
         for task in selectors.task_list_running():
             control_request(task.task_id, "stop")
@@ -174,7 +173,7 @@ class CleanVramView(APIView):
 
     required_scope = "admin"
 
-    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @extend_schema(responses=schema.CLEAN_VRAM_RESPONSES)
     def get(self, request: Request) -> Response:
         request_id = clean_vram_request()
         wake_workers()
