@@ -8,5 +8,6 @@ urlpatterns = [
     # Before admin.site.urls, whose catch-all would otherwise answer these paths.
     path("admin/queue/", include("generation.admin_urls")),
     path("admin/", admin.site.urls),
+    path("", include("generation.compat.urls")),
     path("", include("generation.urls")),
 ]

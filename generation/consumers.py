@@ -159,8 +159,18 @@ class GenerateConsumer(AsyncHttpConsumer):
         caller = await in_thread(authenticate)(headers)
         require_scope(caller, "generate")
         await in_thread(check_rate)(caller)
+        if not body.strip():
+            raise RequestInvalid(
+                [
+                    {
+                        "loc": ["body"],
+                        "msg": "the body must be a JSON object; it was empty",
+                        "type": "missing",
+                    }
+                ]
+            )
         try:
-            data = json.loads(body or b"{}")
+            data = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise RequestInvalid(
                 [{"loc": ["body"], "msg": f"invalid JSON: {exc}", "type": "json_invalid"}]
@@ -173,8 +183,9 @@ class GenerateConsumer(AsyncHttpConsumer):
         task_id = uuid.uuid4().hex
         layer = self.channel_layer
         channel = None
-        if not wants_async and layer is not None:
+        if (wants_stream or not wants_async) and layer is not None:
             # Subscribe before the task exists, so not even its first event can be missed.
+            # A stream needs every event even when async_process is set too (streaming wins).
             channel = await layer.new_channel()
             await layer.group_add(task_group(task_id), channel)
         try:

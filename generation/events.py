@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from django.core.cache import cache
@@ -62,6 +63,22 @@ def control_take(task_id: str) -> str | None:
     if action is not None:
         cache.delete(key)
     return action if isinstance(action, str) else None
+
+
+CLEAN_VRAM_KEY = "fooocus:clean_vram"
+
+
+def clean_vram_request() -> str:
+    """Ask every engine worker to unload its models when idle; returns the request's id."""
+    request_id = uuid.uuid4().hex
+    cache.set(CLEAN_VRAM_KEY, request_id, CONTROL_TTL_SECONDS)
+    return request_id
+
+
+def clean_vram_requested() -> str | None:
+    """The id of the latest clean-VRAM request (each worker remembers which it has done)."""
+    value = cache.get(CLEAN_VRAM_KEY)
+    return value if isinstance(value, str) else None
 
 
 def preview_data_url(image: Image.Image) -> str:

@@ -20,6 +20,7 @@ from engine.types import EngineRequest, ImagePromptSpec, LoraSpec
 from generation import fields
 from generation.catalog import Catalog
 from generation.serializers import GenerateRequestSerializer, parse_aspect_ratio
+from generation.unsupported import unsupported_field_errors
 from history.files import input_image_store, resolve_input
 
 OUTPAINT_LEGACY = (
@@ -71,6 +72,9 @@ def validate_generate(data: Any, *, catalog: Catalog, binary: bool = False) -> V
     if not isinstance(data, dict):
         raise serializers.ValidationError({"non_field_errors": ["the body must be a JSON object"]})
     data = normalize_legacy(data)
+    not_yet = unsupported_field_errors(data)
+    if not_yet:
+        raise serializers.ValidationError(not_yet)
     sent = frozenset(data)
     preset_name = data.get("preset", "initial")
     if not isinstance(preset_name, str) or (

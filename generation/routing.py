@@ -12,10 +12,12 @@ from typing import Any
 from django.conf import settings
 from django.urls import re_path
 
+from generation.compat.routing import http_routes as fooocus_api_routes
 from generation.consumers import EngineChannelConsumer, GenerateConsumer
 
 http_urlpatterns = [
     re_path(r"^v1/engine/generate/?$", GenerateConsumer.as_asgi()),
+    *fooocus_api_routes,  # Fooocus-API's generation routes (generation.compat)
 ]
 
 channel_routes: dict[str, Any] = {

@@ -28,12 +28,15 @@ def submit_generate(
     binary: bool,
     task_id: str | None = None,
     caller: Caller = ANONYMOUS,
+    extra_params: dict[str, Any] | None = None,
 ) -> Task:
     """Validate ``data`` and queue it. Raises ``ValidationError`` (422) or ``QueueFullError``.
 
     Everything that can be wrong with a request is found before the row is written: field
     types and ranges, unknown models and styles, undecodable images, and features the engine
     does not support. Nothing is stored for a refused request except deduplicated input files.
+    ``extra_params`` are kept in ``req_params`` as they are (the Fooocus-API routes mark their
+    jobs with them).
     """
     catalog = get_catalog()
     validated = validate_generate(data, catalog=catalog, binary=binary)
@@ -43,6 +46,7 @@ def submit_generate(
         # The engine names its request's fields; a 422 names the API's field the client sent.
         raise ValidationError({fields.api_name(exc.field): [exc.message]}) from exc
     params = build_req_params(validated)
+    params.update(extra_params or {})
     webhook_url = params.get("webhook_url") or settings.FOOOCUS_WEBHOOK_URL
     try:
         task = services.task_create(

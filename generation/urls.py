@@ -13,6 +13,8 @@ urlpatterns = [
     path("tasks/<str:task_id>", views.TaskDetailView.as_view(), name="task-detail"),
     path("tasks/<str:task_id>/cancel", views.TaskCancelView.as_view(), name="task-cancel"),
     path("v1/engine/control", views.EngineControlView.as_view(), name="engine-control"),
+    # Also with the slash FooocusAPI's docs give it (one entry in the OpenAPI document).
+    path("v1/engine/control/", views.EngineControlView.as_view(schema=None)),
     path("v1/engines/all-models", views.AllModelsView.as_view(), name="all-models"),
     path("v1/engines/styles", views.StylesView.as_view(), name="styles"),
     path("v1/engines/presets", views.PresetsView.as_view(), name="presets"),

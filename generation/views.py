@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import mimetypes
 from typing import Any
 
@@ -15,6 +16,7 @@ from drf_spectacular.utils import (
     extend_schema,
     inline_serializer,
 )
+from PIL import Image
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
@@ -300,12 +302,50 @@ def ping(request: HttpRequest) -> HttpResponse:
     return HttpResponse("pong", content_type="text/plain")
 
 
-def _file_response(path: Any) -> FileResponse:
+# What ``Accept: image/<x>`` converts a served image to (FooocusAPI's /outputs and /inputs).
+CONVERTIBLE = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}
+
+
+def requested_image_type(request: HttpRequest) -> str | None:
+    """The format a file route should convert to: ``?accept=`` (Fooocus-API's override) or an
+    ``Accept`` header naming exactly one of png, jpeg/jpg, webp. A browser's list
+    (``image/avif,image/webp,*/*``) asks for nothing in particular: the stored file is sent."""
+    wanted = (request.GET.get("accept") or request.headers.get("Accept") or "").strip().lower()
+    kind, _, subtype = wanted.split(";")[0].strip().partition("/")
+    if "," in wanted or kind != "image" or subtype not in CONVERTIBLE:
+        return None
+    return "jpeg" if subtype == "jpg" else subtype
+
+
+def _converted(path: Any, wanted: str) -> bytes:
+    buffer = io.BytesIO()
+    with Image.open(path) as opened:
+        opened.load()
+        image: Image.Image = opened
+        if wanted == "jpeg" and image.mode not in ("RGB", "L"):
+            image = image.convert("RGB")
+        image.save(buffer, format=CONVERTIBLE[wanted])
+    return buffer.getvalue()
+
+
+def file_response(request: HttpRequest, path: Any) -> HttpResponse | FileResponse:
+    """Serve a stored image, converted when the client asks for another image type."""
     if path is None:
         raise Http404("no such file")
-    content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    response = FileResponse(path.open("rb"), content_type=content_type)
+    wanted = requested_image_type(request)
+    stored = path.suffix.lstrip(".").lower().replace("jpg", "jpeg")
+    response: HttpResponse | FileResponse
+    if wanted is not None and wanted != stored:
+        try:
+            data = _converted(path, wanted)
+        except (OSError, ValueError) as exc:
+            raise Http404(f"{path.name} could not be read as an image") from exc
+        response = HttpResponse(data, content_type=f"image/{wanted}")
+    else:
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        response = FileResponse(path.open("rb"), content_type=content_type)
     response["Cache-Control"] = "public, max-age=86400, immutable"
+    response["Vary"] = "Accept"
     return response
 
 
@@ -314,16 +354,16 @@ def _check_signature(request: HttpRequest) -> None:
         raise DjangoPermissionDenied("this file URL is unsigned, wrongly signed or expired")
 
 
-def output_file(request: HttpRequest, day: str, name: str) -> FileResponse:
+def output_file(request: HttpRequest, day: str, name: str) -> HttpResponse | FileResponse:
     """``GET /outputs/<day>/<name>``: anything leaving the outputs folder is a 404."""
     _check_signature(request)
-    return _file_response(resolve_output(day, name))
+    return file_response(request, resolve_output(day, name))
 
 
-def input_file(request: HttpRequest, name: str) -> FileResponse:
+def input_file(request: HttpRequest, name: str) -> HttpResponse | FileResponse:
     """``GET /inputs/<name>``."""
     _check_signature(request)
-    return _file_response(resolve_input(name))
+    return file_response(request, resolve_input(name))
 
 
 def example_page(request: HttpRequest) -> FileResponse:

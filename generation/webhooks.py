@@ -24,6 +24,7 @@ import requests
 from django.conf import settings
 from django.db import close_old_connections
 
+from generation.compat import presenters as compat
 from generation.images import ImageInputError, check_webhook_target
 from generation.presenters import task_object
 from history.models import Task
@@ -109,7 +110,11 @@ class WebhookSender:
         close_old_connections()
         try:
             task = Task.objects.get(pk=task_pk)
-            body = {**task_object(task, base=task.base_url, with_live=True), "event": event}
+            if compat.is_compat_task(task):
+                # A Fooocus-API job gets that API's body: {job_id, job_result: [{url, seed}]}.
+                body = compat.webhook_body(task)
+            else:
+                body = {**task_object(task, base=task.base_url, with_live=True), "event": event}
             data = json.dumps(body).encode()
             message_id = f"msg_{uuid.uuid4().hex}"
             retries = max(1, settings.FOOOCUS_WEBHOOK_RETRIES)

@@ -96,6 +96,7 @@ class EngineWorker:
             on_lost=self._task_taken_back,
             announcer=announcer,
         )
+        self._cleaned_for: str | None = None
 
     # Lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -154,6 +155,7 @@ class EngineWorker:
                 logger.exception("could not claim a task; retrying")
                 task = None
             if task is None:
+                self._clean_vram_if_asked()
                 close_old_connections()
                 self._wake.wait(self.poll_seconds)
                 self._wake.clear()
@@ -166,6 +168,28 @@ class EngineWorker:
             finally:
                 close_old_connections()
         close_old_connections()
+
+    def _clean_vram_if_asked(self) -> None:
+        """``GET /v1/engines/clean_vram`` (Fooocus-API): unload the models between tasks."""
+        try:
+            request_id = events.clean_vram_requested()
+        except Exception:
+            logger.warning("could not read the clean_vram request", exc_info=True)
+            return
+        if request_id is None or request_id == self._cleaned_for:
+            return
+        self._cleaned_for = request_id
+        clean = getattr(self._engine, "clean_vram", None)
+        if self._engine is None:
+            logger.info("clean_vram %s: no models loaded on %s", request_id, self.name)
+        elif clean is None:
+            logger.warning(
+                "clean_vram %s: this engine cannot unload its models yet (no clean_vram)",
+                request_id,
+            )
+        else:
+            clean()
+            logger.info("clean_vram %s: models unloaded on %s", request_id, self.name)
 
     def _should_stop(self, run: _TaskRun) -> StopAction | None:
         if run.lost:
