@@ -28,6 +28,7 @@ from history.admin_filters import CappedCountPaginator, ModelFilter, Performance
 from history.admin_media import thumbnail_jpeg
 from history.files import resolve_output
 from history.models import ENDED_STATUSES, Task, TaskStatus, WebhookDelivery
+from history.selectors import task_filter_prompt
 from history.services import task_delete, task_delete_range
 
 # Columns the list never shows; req_params can be kilobytes per row (and megabytes of URLs).
@@ -35,14 +36,12 @@ LIST_DEFERRED = ("req_params", "error", "webhook_url", "base_url", "seeds", "wor
 
 
 class TaskChangeList(ChangeList):
-    """Reads only the columns the list shows, plus three request fields pulled out in SQL."""
+    """Reads only the columns the list shows, plus the prompt pulled out of the JSON in SQL."""
 
     def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> Any:
         queryset = super().get_queryset(request, exclude_parameters)
         return queryset.defer(*LIST_DEFERRED).annotate(
-            prompt_text=KeyTextTransform("prompt", "req_params"),
-            model_name=KeyTextTransform("base_model_name", "req_params"),
-            performance=KeyTextTransform("performance_selection", "req_params"),
+            prompt_text=KeyTextTransform("prompt", "req_params")
         )
 
 
@@ -99,8 +98,9 @@ class TaskAdmin(admin.ModelAdmin):
     )
     list_display_links = ("id", "prompt_column")
     list_filter = ("status", "created_at", ModelFilter, PerformanceFilter)
-    search_fields = ("req_params__prompt", "=task_id")
-    search_help_text = "Search prompts (or paste a task id)."
+    # Only shows the search box: get_search_results searches the prompt's full-text index.
+    search_fields = ("req_params__prompt",)
+    search_help_text = "Search prompt words (or paste a task id)."
     list_per_page = 50
     paginator = CappedCountPaginator
     # Two full-table counts per page view are what make big changelists slow.
@@ -158,6 +158,13 @@ class TaskAdmin(admin.ModelAdmin):
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return TaskChangeList
 
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[Task], search_term: str
+    ) -> tuple[QuerySet[Task], bool]:
+        if not search_term.strip():
+            return queryset, False
+        return task_filter_prompt(queryset, search_term), False
+
     def get_actions(self, request: HttpRequest) -> Any:
         actions = super().get_actions(request)
         # The stock bulk delete would leave the output files behind.
@@ -184,11 +191,11 @@ class TaskAdmin(admin.ModelAdmin):
 
     @admin.display(description="Model")
     def model_column(self, task: Task) -> str:
-        return getattr(task, "model_name", None) or "—"
+        return task.model_name or "—"
 
     @admin.display(description="Performance")
     def performance_column(self, task: Task) -> str:
-        return getattr(task, "performance", None) or "—"
+        return task.performance or "—"
 
     @admin.display(description="Status", ordering="status")
     def status_badge(self, task: Task) -> SafeString:

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
-from django.db.models import Count, DateTimeField, DurationField, ExpressionWrapper, F, Q, QuerySet
+from django.db import connection
+from django.db.models import (
+    BooleanField,
+    Count,
+    DateTimeField,
+    DurationField,
+    ExpressionWrapper,
+    F,
+    Model,
+    Q,
+    QuerySet,
+)
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Now
+from django.db.models.sql.where import WhereNode
 
 from history.models import ENDED_STATUSES, Task, TaskStatus, WebhookDelivery, WorkerHeartbeat
 
@@ -30,9 +45,76 @@ def _in_range(
     return queryset
 
 
+M = TypeVar("M", bound=Model)
+
+
+def page_rows(queryset: QuerySet[M], offset: int, limit: int) -> list[M]:
+    """``list(queryset[offset:offset + limit])``, cheap however deep the page.
+
+    An OFFSET over full rows makes the database step over every skipped row, and a task's row
+    carries kilobytes of request JSON. Here the page's ids are chosen first (``SELECT id ...
+    OFFSET``), which the database answers by walking a covering index of small entries (see
+    ``Task.Meta.indexes``); then only those rows are read, by primary key, and put back in the
+    queryset's order. Same rows, same order as the plain slice.
+    """
+    ids = list(queryset.values_list("pk", flat=True)[offset : offset + limit])
+    if not ids:
+        return []
+    page = queryset.all()
+    page.query.where = WhereNode()  # the ids already satisfy the filters
+    by_id = {row.pk: row for row in page.filter(pk__in=ids).order_by()}
+    return [by_id[pk] for pk in ids if pk in by_id]
+
+
 def _page(queryset: QuerySet[Task], page: int, page_size: int) -> list[Task]:
-    offset = page * page_size
-    return list(queryset[offset : offset + page_size])
+    return page_rows(queryset, page * page_size, page_size)
+
+
+# A 32-hex-digit search is a task id, not prompt words.
+TASK_ID_PATTERN = re.compile(r"[0-9a-f]{32}")
+# Words shorter than this match whole words only; longer ones also match words they begin.
+PREFIX_MIN_LENGTH = 3
+
+
+def _search_words(text: str) -> list[str]:
+    return re.findall(r"[^\W_]+", text.lower())
+
+
+def task_filter_prompt(queryset: QuerySet[Task], text: str) -> QuerySet[Task]:
+    """Tasks whose prompt has every word of ``text`` (a word of 3 letters or more also matches
+    the words it begins: "drag" finds "dragon"), through the full-text index of migration 0006:
+    FTS5 on SQLite, a GIN ``tsvector`` index on PostgreSQL. Case and accents are ignored.
+    A 32-hex-digit ``text`` finds the task with that id instead."""
+    text = text.strip()
+    if TASK_ID_PATTERN.fullmatch(text.lower()):
+        return queryset.filter(task_id=text.lower())
+    words = _search_words(text)
+    if not words:
+        return queryset.none()
+    if connection.vendor == "postgresql":
+        query = " & ".join(
+            f"'{word}':*" if len(word) >= PREFIX_MIN_LENGTH else f"'{word}'" for word in words
+        )
+        condition = RawSQL(
+            "to_tsvector('simple'::regconfig, "
+            "COALESCE(\"history_task\".\"req_params\" ->> 'prompt', ''))"
+            " @@ to_tsquery('simple'::regconfig, %s)",
+            [query],
+            output_field=BooleanField(),
+        )
+    elif connection.vendor == "sqlite":
+        query = " ".join(
+            f'"{word}"*' if len(word) >= PREFIX_MIN_LENGTH else f'"{word}"' for word in words
+        )
+        condition = RawSQL(
+            '"history_task"."id" IN (SELECT rowid FROM history_task_prompt_fts'
+            " WHERE history_task_prompt_fts MATCH %s)",
+            [query],
+            output_field=BooleanField(),
+        )
+    else:
+        raise NotImplementedError(f"no prompt search on the {connection.vendor} database")
+    return queryset.filter(condition)
 
 
 def task_list_history(

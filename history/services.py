@@ -54,6 +54,19 @@ def _lock_queue() -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_QUEUE_LOCK_KEY])
 
 
+def _text(value: Any, length: int) -> str:
+    return value[:length] if isinstance(value, str) else ""
+
+
+def indexed_columns(req_params: dict[str, Any]) -> dict[str, str]:
+    """The request fields the Task row copies into indexed columns (see ``Task.model_name``).
+    Migration 0005 fills rows stored before these existed the same way."""
+    return {
+        "model_name": _text(req_params.get("base_model_name"), 255),
+        "performance": _text(req_params.get("performance_selection"), 64),
+    }
+
+
 def task_create(
     *,
     req_params: dict[str, Any],
@@ -87,6 +100,7 @@ def task_create(
             base_url=base_url,
             api_key=api_key,
             created_at=timezone.now(),
+            **indexed_columns(req_params),
         )
         if on_commit is not None:
             transaction.on_commit(lambda: on_commit(task))
