@@ -12,6 +12,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.views.main import ChangeList
 from django.core.cache import cache
 from django.db.models import QuerySet
@@ -43,6 +44,12 @@ class TaskChangeList(ChangeList):
         return queryset.defer(*LIST_DEFERRED).annotate(
             prompt_text=KeyTextTransform("prompt", "req_params")
         )
+
+    def url_for_result(self, result: Any) -> str:
+        # Django reverses the URL for each link of each row; the prefix is the same for all.
+        if not hasattr(self, "_change_url"):
+            self._change_url = super().url_for_result(result).replace(f"/{result.pk}/", "/{}/")
+        return self._change_url.format(result.pk)
 
 
 class DateRangeForm(forms.Form):
@@ -157,6 +164,18 @@ class TaskAdmin(admin.ModelAdmin):
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return TaskChangeList
+
+    def action_checkbox(self, obj: Any) -> SafeString:
+        # Django renders a form widget through the template engine for each row; the same
+        # markup written directly is a tenth of the changelist's time at 50 rows.
+        return format_html(
+            '<input type="checkbox" name="{}" value="{}" class="action-select" '
+            'aria-label="Select this object for an action - {}">',
+            helpers.ACTION_CHECKBOX_NAME,
+            obj.pk,
+            str(obj),
+        )
+
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Task], search_term: str
@@ -277,10 +296,29 @@ class TaskAdmin(admin.ModelAdmin):
         response = super().changelist_view(request, extra_context)
         context = getattr(response, "context_data", None)
         if context is not None and "cl" in context:
-            context["daily_counts"] = daily_counts(context["cl"].queryset)
+            changelist = context["cl"]
+            context["daily_counts"] = self._daily_counts(changelist)
             context["daily_count_days"] = DAILY_COUNT_DAYS
             context["queue_url"] = _queue_url("page")
         return response
+
+    @staticmethod
+    def _daily_counts(changelist: ChangeList) -> list[dict[str, Any]] | None:
+        """The per-day panel for this list, or None where it would cost a read of every match.
+
+        Filters on at most one of status, model and performance (with or without dates) are
+        counted from an index holding ``created_at``; a search or combined filters are counted
+        from their rows only when the list is short enough to have been counted exactly."""
+        filters = {
+            name
+            for name in changelist.params
+            if not name.startswith("created_at") and name not in ("o", "p", "q", "_to_field")
+        }
+        if not changelist.query and len(filters) <= 1:
+            return daily_counts(changelist.queryset)
+        if getattr(changelist.paginator, "capped", False):
+            return None
+        return daily_counts(changelist.queryset, indexed=False)
 
     def change_view(
         self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None

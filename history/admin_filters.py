@@ -106,7 +106,8 @@ class CappedCountPaginator(Paginator):
                 self.estimated = True
                 return estimate
             return int(super().count)
-        counted = queryset[: self.COUNT_CAP + 1].count()
+        # Only the ids: the list's annotations (the prompt out of the JSON) would read each row.
+        counted = queryset.order_by().values("pk")[: self.COUNT_CAP + 1].count()
         self.capped = counted > self.COUNT_CAP
         return min(counted, self.COUNT_CAP)
 

@@ -67,6 +67,13 @@ class Task(models.Model):
             ),
             models.Index(fields=["model_name", "id"], name="task_model_id_idx"),
             models.Index(fields=["performance", "id"], name="task_performance_id_idx"),
+            # The admin's per-day counts of a list filtered on model or performance.
+            models.Index(
+                fields=["model_name", "created_at", "status"], name="task_model_created_idx"
+            ),
+            models.Index(
+                fields=["performance", "created_at", "status"], name="task_perf_created_idx"
+            ),
         ]
         constraints = [
             models.CheckConstraint(
