@@ -83,7 +83,7 @@ def _search_words(text: str) -> list[str]:
 def task_filter_prompt(queryset: QuerySet[Task], text: str) -> QuerySet[Task]:
     """Tasks whose prompt has every word of ``text`` (a word of 3 letters or more also matches
     the words it begins: "drag" finds "dragon"), through the full-text index of migration 0006:
-    FTS5 on SQLite, a GIN ``tsvector`` index on PostgreSQL. Case and accents are ignored.
+    FTS5 on SQLite, a GIN ``tsvector`` index on PostgreSQL. Case is ignored, accents are not.
     A 32-hex-digit ``text`` finds the task with that id instead."""
     text = text.strip()
     if TASK_ID_PATTERN.fullmatch(text.lower()):

@@ -3,7 +3,8 @@
 SQLite: an FTS5 table keyed by the task's id, kept in step with ``history_task`` by triggers
 (insert, delete, and updates of ``req_params``), and filled from the rows already there.
 PostgreSQL: a GIN index over the prompt's ``tsvector`` ('simple' configuration: lower-cased
-words, no stemming, the same words FTS5's unicode61 tokenizer makes).
+words, no stemming). Both fold case and keep accents (FTS5 is told not to remove diacritics,
+since PostgreSQL's 'simple' cannot without the unaccent extension).
 
 Both are written in SQL because Django has no field for them. A later migration that makes
 SQLite rebuild ``history_task`` (Django does for many field changes) drops the triggers with the
@@ -16,7 +17,7 @@ from django.db import migrations
 
 SQLITE_FORWARD = [
     "CREATE VIRTUAL TABLE history_task_prompt_fts USING fts5("
-    "prompt, tokenize = 'unicode61 remove_diacritics 2')",
+    "prompt, tokenize = 'unicode61 remove_diacritics 0')",
     "INSERT INTO history_task_prompt_fts(rowid, prompt) "
     "SELECT id, COALESCE(json_extract(req_params, '$.prompt'), '') FROM history_task",
     "CREATE TRIGGER history_task_prompt_insert AFTER INSERT ON history_task BEGIN "
