@@ -176,7 +176,6 @@ class TaskAdmin(admin.ModelAdmin):
             str(obj),
         )
 
-
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Task], search_term: str
     ) -> tuple[QuerySet[Task], bool]:

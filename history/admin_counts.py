@@ -91,9 +91,7 @@ def daily_counts(
             "failed": failed,
             "filter_query": urlencode({"created_at__gte": start, "created_at__lt": end}),
         }
-        for (start, end), (total, failed) in zip(
-            itertools.pairwise(starts), per_day, strict=True
-        )
+        for (start, end), (total, failed) in zip(itertools.pairwise(starts), per_day, strict=True)
     ]
     rows = [row for row in reversed(rows) if row["total"]]
     peak = max((row["total"] for row in rows), default=0) or 1

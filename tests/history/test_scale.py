@@ -251,4 +251,4 @@ def test_the_same_checks_pass_on_postgresql(tmp_path: Path) -> None:
             timeout=600,
         )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert " passed" in done.stdout and "skipped" in done.stdout, done.stdout[-2000:]
+    assert " passed" in done.stdout, done.stdout[-2000:]
