@@ -32,6 +32,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -346,14 +347,14 @@ def run(args: argparse.Namespace) -> None:
     print(f"{'GET /tasks':44} {'p50':>8} {'max':>8} {'rows':>6}")
     for label, params in tasks:
         url = f"/tasks?{urlencode(params)}"
-        p50, worst, response = timed(lambda url=url: api.get(url), args.runs)
+        p50, worst, response = timed(partial(api.get, url), args.runs)
         assert response.status_code == 200, (url, response.status_code, response.content[:300])
         rows = sum(len(v) for v in response.json().values())
         print(f"{label:44} {p50 * 1000:5.1f} ms {worst * 1000:5.1f} ms {rows:6}", flush=True)
     print(f"{'GET ' + base:44} {'p50':>8} {'max':>8} {'rows':>6}")
     for label, params in admin_cases:
         url = f"{base}?{urlencode(params)}" if params else base
-        p50, worst, response = timed(lambda url=url: admin.get(url), args.runs)
+        p50, worst, response = timed(partial(admin.get, url), args.runs)
         assert response.status_code == 200, (url, response.status_code)
         rows = len(response.context["cl"].result_list)
         print(f"{label:44} {p50 * 1000:5.1f} ms {worst * 1000:5.1f} ms {rows:6}", flush=True)

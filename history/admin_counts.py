@@ -44,7 +44,7 @@ def _range_counts(queryset: QuerySet[Task], starts: list[datetime]) -> list[tupl
     for kind in (day, day.filter(status=TaskStatus.FAILED)):
         sql, kind_params = kind.values("pk").query.sql_with_params()
         for start, end in itertools.pairwise(starts):
-            bounds = {
+            bounds: dict[Any, Any] = {
                 adapted[0]: connection.ops.adapt_datetimefield_value(start),
                 adapted[1]: connection.ops.adapt_datetimefield_value(end),
             }
@@ -84,7 +84,7 @@ def daily_counts(
     zone = timezone.get_current_timezone()
     starts = _day_starts(days)
     per_day = (_range_counts if indexed else _python_counts)(queryset, starts)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "day": timezone.localtime(start, zone).date(),
             "total": total,

@@ -118,6 +118,9 @@ class CappedCountPaginator(Paginator):
         if top + self.orphans >= self.count:
             top = self.count
         queryset = self.object_list
-        if isinstance(queryset, QuerySet):
-            return self._get_page(page_rows(queryset, bottom, top - bottom), number, self)
-        return self._get_page(queryset[bottom:top], number, self)
+        rows = (
+            page_rows(queryset, bottom, top - bottom)
+            if isinstance(queryset, QuerySet)
+            else queryset[bottom:top]
+        )
+        return self._get_page(rows, number, self)  # type: ignore[attr-defined]

@@ -152,11 +152,14 @@ def test_deep_pages_are_the_rows_of_a_plain_offset() -> None:
             waiting = list(scope.filter(status=TaskStatus.PENDING).order_by("id"))
             for page_size in (1, 7, 10, 100):
                 for page in range(0, len(ended) // page_size + 2):
-                    window = {"start": start, "end": end, "api_key": api_key}
-                    got = selectors.task_list_history(page=page, page_size=page_size, **window)
+                    got = selectors.task_list_history(
+                        page=page, page_size=page_size, start=start, end=end, api_key=api_key
+                    )
                     assert got == ended[page * page_size : (page + 1) * page_size]
                 for page in range(0, len(waiting) // page_size + 2):
-                    got = selectors.task_list_pending(page=page, page_size=page_size, **window)
+                    got = selectors.task_list_pending(
+                        page=page, page_size=page_size, start=start, end=end, api_key=api_key
+                    )
                     assert got == waiting[page * page_size : (page + 1) * page_size]
 
 
