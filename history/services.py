@@ -14,6 +14,7 @@ from django.db.models import DateTimeField, ExpressionWrapper, F, Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from history.admin_counts import history_changed
 from history.files import output_files_delete
 from history.models import ENDED_STATUSES, Task, TaskStatus, WebhookDelivery, WorkerHeartbeat
 
@@ -226,6 +227,7 @@ def task_delete_range(*, start: datetime, end: datetime) -> DeleteOutcome:
         ).select_for_update()
         doomed = list(rows.values_list("id", "result"))
         Task.objects.filter(id__in=[pk for pk, _ in doomed]).delete()
+    history_changed()
     # Files go after the commit: a failed delete must not leave rows pointing at missing files.
     files_deleted = sum(output_files_delete(list(result or [])) for _, result in doomed)
     return DeleteOutcome(len(doomed), files_deleted)
@@ -237,6 +239,7 @@ def task_delete(*, task: Task) -> int:
         raise ValueError("only ended tasks can be deleted; cancel it first")
     result = list(task.result or [])
     task.delete()
+    history_changed()
     return output_files_delete(result)
 
 

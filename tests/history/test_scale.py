@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.cache import cache
 from django.core.management import call_command
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
@@ -35,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def _folders(settings: Any, tmp_path: Path) -> None:
     settings.FOOOCUS_OUTPUTS_DIR = tmp_path / "outputs"
     settings.FOOOCUS_INPUTS_DIR = tmp_path / "inputs"
+    cache.clear()  # the admin's sidebar values are cached (the process's own memory here)
 
 
 def create(prompt: str = "x", *, model: str = "m.safetensors", performance: str = "Speed") -> Task:
@@ -244,7 +246,13 @@ def test_the_same_checks_pass_on_postgresql(tmp_path: Path) -> None:
             pytest.fail(f"FOOOCUS_REQUIRE_SERVICES=1 but {problem}", pytrace=False)
         pytest.skip(f"PostgreSQL not tested: {problem}")
     with scratch_services() as scratch:  # migrates a fresh database: the migrations apply
-        env = {**os.environ, **scratch.env(), "DJANGO_SECRET_KEY": "tests-only-secret"}
+        # The database only: the cache stays the process's own memory, safe to clear.
+        env = {
+            **os.environ,
+            "DATABASE_URL": scratch.database_url,
+            "DJANGO_SECRET_KEY": "tests-only-secret",
+        }
+        env.pop("REDIS_URL", None)
         done = subprocess.run(
             [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider"],
             cwd=ROOT,
@@ -255,3 +263,25 @@ def test_the_same_checks_pass_on_postgresql(tmp_path: Path) -> None:
         )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert " passed" in done.stdout, done.stdout[-2000:]
+
+
+@pytest.mark.django_db
+def test_past_days_counts_are_cached_until_a_delete() -> None:
+    yesterday = timezone.now() - timedelta(days=1)
+    kept, doomed = create(), create()
+    Task.objects.filter(pk__in=[kept.pk, doomed.pk]).update(
+        created_at=yesterday, status=TaskStatus.FINISHED
+    )
+    day = timezone.localtime(yesterday).date()
+
+    def yesterday_total() -> int:
+        return next(row["total"] for row in daily_counts(Task.objects.all()) if row["day"] == day)
+
+    assert yesterday_total() == 2
+    doomed.refresh_from_db()
+    services.task_delete(task=doomed)
+    assert yesterday_total() == 1
+    # Today's counts are never cached.
+    create()
+    today = timezone.localdate()
+    assert [row["total"] for row in daily_counts(Task.objects.all()) if row["day"] == today] == [1]
