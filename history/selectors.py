@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from django.db import connection
 from django.db.models import (
@@ -15,6 +15,8 @@ from django.db.models import (
     DurationField,
     ExpressionWrapper,
     F,
+    Func,
+    Max,
     Model,
     Q,
     QuerySet,
@@ -43,6 +45,62 @@ def _in_range(
     if end is not None:
         queryset = queryset.filter(created_at__lte=end)
     return queryset
+
+
+class _Unindexed(Func):
+    """A column's value as an expression SQLite will not look up in an index (unary ``+``), so
+    that the planner walks the index the ORDER BY needs instead. A no-op elsewhere."""
+
+    template = "%(expressions)s"
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        return self.as_sql(compiler, connection, template="+%(expressions)s", **extra)
+
+
+# Below this many tasks newer than a time range, walking the id index from the newest task down
+# to the range is cheaper than finding the range's highest id first.
+WALK_FROM_NEWEST_BELOW = 20_000
+
+
+def _newest_first_in_range(
+    queryset: QuerySet[Task], start: datetime | None, end: datetime | None
+) -> QuerySet[Task]:
+    """``queryset`` (newest first) within ``[start, end]`` of enqueue time, as an id-index walk.
+
+    Left to itself SQLite reads the whole range from the ``created_at`` index and sorts it by
+    id: the cost of the range, a week being 80,000 tasks at a million. Here the walk goes down
+    the id index testing ``created_at`` in its entries (the covering indexes hold it), starting
+    at the range's highest id; that id is looked up only when many tasks are newer than the
+    range. Ids and enqueue times need not agree for the answer to be exact: the walk tests every
+    entry below the start. PostgreSQL's planner weighs this itself (it keeps correlation stats).
+    """
+    if connection.vendor != "sqlite" or (start is None and end is None):
+        return _in_range(queryset, start, end)
+    highest: int | None = None
+    if end is not None:
+        after = (
+            Task.objects.filter(created_at__gt=end)
+            .order_by("created_at")
+            .values_list("id", flat=True)
+            .first()
+        )
+        newest = Task.objects.order_by("-id").values_list("id", flat=True).first()
+        if after is not None and newest is not None and newest - after >= WALK_FROM_NEWEST_BELOW:
+            # "+ 0": read the created_at index's entries, not the rows from the newest down.
+            highest = _in_range(Task.objects.order_by(), start, end).aggregate(
+                top=Max(F("id") + 0)
+            )["top"]
+            if highest is None:
+                return queryset.none()
+    moment = _Unindexed("created_at", output_field=DateTimeField())
+    walked = queryset.alias(created_unindexed=moment)
+    if highest is not None:
+        walked = walked.filter(id__lte=highest)
+    if start is not None:
+        walked = walked.filter(created_unindexed__gte=start)
+    if end is not None:
+        walked = walked.filter(created_unindexed__lte=end)
+    return walked
 
 
 M = TypeVar("M", bound=Model)
@@ -127,7 +185,7 @@ def task_list_history(
 ) -> list[Task]:
     """Ended tasks, newest first."""
     queryset = _visible(Task.objects.filter(status__in=ENDED_STATUSES), api_key).order_by("-id")
-    return _page(_in_range(queryset, start, end), page, page_size)
+    return _page(_newest_first_in_range(queryset, start, end), page, page_size)
 
 
 def task_list_pending(

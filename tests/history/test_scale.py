@@ -141,15 +141,27 @@ def _mixed_history(count: int = 300) -> None:
 
 
 @pytest.mark.django_db
-def test_deep_pages_are_the_rows_of_a_plain_offset() -> None:
+@pytest.mark.parametrize("walk_from_newest_below", [20_000, 0])
+def test_deep_pages_are_the_rows_of_a_plain_offset(
+    monkeypatch: pytest.MonkeyPatch, walk_from_newest_below: int
+) -> None:
+    # 0: a time range's walk always starts at the range's highest id (as with a big history).
+    monkeypatch.setattr(selectors, "WALK_FROM_NEWEST_BELOW", walk_from_newest_below)
     _mixed_history()
     now = timezone.now()
-    ranges = [(None, None), (now - timedelta(minutes=300), now - timedelta(minutes=100))]
+    ranges = [
+        (None, None),
+        (now - timedelta(minutes=300), now - timedelta(minutes=100)),
+        (now - timedelta(minutes=300), None),
+        (now + timedelta(minutes=5), now + timedelta(minutes=10)),
+    ]
     for api_key in (None, "key1", ""):
         for start, end in ranges:
             scope = Task.objects.all() if api_key is None else Task.objects.filter(api_key=api_key)
             if start is not None:
-                scope = scope.filter(created_at__gte=start, created_at__lte=end)
+                scope = scope.filter(created_at__gte=start)
+            if end is not None:
+                scope = scope.filter(created_at__lte=end)
             ended = list(scope.filter(status__in=ENDED_STATUSES).order_by("-id"))
             waiting = list(scope.filter(status=TaskStatus.PENDING).order_by("id"))
             for page_size in (1, 7, 10, 100):
