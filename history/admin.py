@@ -7,10 +7,12 @@ list only links to that room's admin views by URL name (``task-queue:*``).
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.views.main import ChangeList
@@ -19,7 +21,7 @@ from django.db.models import QuerySet
 from django.db.models.fields.json import KeyTextTransform
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import NoReverseMatch, path, reverse
+from django.urls import NoReverseMatch, get_script_prefix, get_urlconf, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
@@ -428,9 +430,17 @@ class TaskAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/history/task/delete_range.html", context)
 
 
+@functools.lru_cache(maxsize=16)
+def _reversed(name: str, urlconf: Any, prefix: str) -> str:
+    # A list page links each of its 50 rows' images; reverse() once per URL configuration.
+    return reverse(name, urlconf=urlconf)
+
+
 def _image_url(relative: str, *, thumbnail: bool = False) -> str:
     """``relative`` is ``YYYY-MM-DD/name`` as stored; the image view checks it again."""
-    url = f"{reverse('admin:history_task_changelist')}image/{relative}"
+    urlconf = get_urlconf() or settings.ROOT_URLCONF
+    changelist = _reversed("admin:history_task_changelist", urlconf, get_script_prefix())
+    url = f"{changelist}image/{relative}"
     return f"{url}?size=thumb" if thumbnail else url
 
 
