@@ -279,6 +279,7 @@ def main() -> None:
         default=os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432"),
     )
     parser.add_argument("--keep", action="store_true", help="keep the PostgreSQL database")
+    parser.add_argument("--postgres-db", default="", help="reuse this kept PostgreSQL database")
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="fooocus-bench-history-"))
@@ -291,10 +292,10 @@ def main() -> None:
         }
     )
     os.environ.pop("FOOOCUS_API_KEYS", None)
-    pg_name = f"bench_history_{os.getpid()}"
+    pg_name = args.postgres_db or f"bench_history_{os.getpid()}"
     import psycopg
 
-    if args.database == "postgres":
+    if args.database == "postgres" and not args.postgres_db:
         with psycopg.connect(f"{args.postgres_url}/postgres", autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{pg_name}"')
         os.environ["DATABASE_URL"] = f"{args.postgres_url}/{pg_name}"
@@ -304,7 +305,7 @@ def main() -> None:
     try:
         run(args)
     finally:
-        if args.database == "postgres" and not args.keep:
+        if args.database == "postgres" and not args.keep and not args.postgres_db:
             from django.db import connections
 
             connections.close_all()

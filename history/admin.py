@@ -27,7 +27,12 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from history.admin_counts import DAILY_COUNT_DAYS, daily_counts
-from history.admin_filters import CappedCountPaginator, ModelFilter, PerformanceFilter
+from history.admin_filters import (
+    CappedCountPaginator,
+    CreatedAtFilter,
+    ModelFilter,
+    PerformanceFilter,
+)
 from history.admin_media import thumbnail_jpeg
 from history.files import resolve_output
 from history.models import ENDED_STATUSES, Task, TaskStatus, WebhookDelivery
@@ -106,7 +111,7 @@ class TaskAdmin(admin.ModelAdmin):
         "row_actions",
     )
     list_display_links = ("id", "prompt_column")
-    list_filter = ("status", "created_at", ModelFilter, PerformanceFilter)
+    list_filter = ("status", ("created_at", CreatedAtFilter), ModelFilter, PerformanceFilter)
     # Only shows the search box: get_search_results searches the prompt's full-text index.
     search_fields = ("req_params__prompt",)
     search_help_text = "Search prompt words (or paste a task id)."

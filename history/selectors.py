@@ -62,10 +62,15 @@ class _Unindexed(Func):
 WALK_FROM_NEWEST_BELOW = 20_000
 
 
-def _newest_first_in_range(
-    queryset: QuerySet[Task], start: datetime | None, end: datetime | None
+def newest_first_in_range(
+    queryset: QuerySet[Task],
+    start: datetime | None,
+    end: datetime | None,
+    *,
+    end_inclusive: bool = True,
 ) -> QuerySet[Task]:
-    """``queryset`` (newest first) within ``[start, end]`` of enqueue time, as an id-index walk.
+    """``queryset`` (newest first) within ``[start, end]`` of enqueue time (``[start, end)``
+    without ``end_inclusive``), as an id-index walk.
 
     Left to itself SQLite reads the whole range from the ``created_at`` index and sorts it by
     id: the cost of the range, a week being 80,000 tasks at a million. Here the walk goes down
@@ -74,12 +79,15 @@ def _newest_first_in_range(
     range. Ids and enqueue times need not agree for the answer to be exact: the walk tests every
     entry below the start. PostgreSQL's planner weighs this itself (it keeps correlation stats).
     """
+    before = "lte" if end_inclusive else "lt"
     if connection.vendor != "sqlite" or (start is None and end is None):
-        return _in_range(queryset, start, end)
+        if start is not None:
+            queryset = queryset.filter(created_at__gte=start)
+        return queryset if end is None else queryset.filter(**{f"created_at__{before}": end})
     highest: int | None = None
     if end is not None:
         after = (
-            Task.objects.filter(created_at__gt=end)
+            Task.objects.filter(**{"created_at__gt" if end_inclusive else "created_at__gte": end})
             .order_by("created_at")
             .values_list("id", flat=True)
             .first()
@@ -87,9 +95,10 @@ def _newest_first_in_range(
         newest = Task.objects.order_by("-id").values_list("id", flat=True).first()
         if after is not None and newest is not None and newest - after >= WALK_FROM_NEWEST_BELOW:
             # "+ 0": read the created_at index's entries, not the rows from the newest down.
-            highest = _in_range(Task.objects.order_by(), start, end).aggregate(
-                top=Max(F("id") + 0)
-            )["top"]
+            ranged = Task.objects.order_by().filter(**{f"created_at__{before}": end})
+            if start is not None:
+                ranged = ranged.filter(created_at__gte=start)
+            highest = ranged.aggregate(top=Max(F("id") + 0))["top"]
             if highest is None:
                 return queryset.none()
     moment = _Unindexed("created_at", output_field=DateTimeField())
@@ -99,7 +108,7 @@ def _newest_first_in_range(
     if start is not None:
         walked = walked.filter(created_unindexed__gte=start)
     if end is not None:
-        walked = walked.filter(created_unindexed__lte=end)
+        walked = walked.filter(**{f"created_unindexed__{before}": end})
     return walked
 
 
@@ -185,7 +194,7 @@ def task_list_history(
 ) -> list[Task]:
     """Ended tasks, newest first."""
     queryset = _visible(Task.objects.filter(status__in=ENDED_STATUSES), api_key).order_by("-id")
-    return _page(_newest_first_in_range(queryset, start, end), page, page_size)
+    return _page(newest_first_in_range(queryset, start, end), page, page_size)
 
 
 def task_list_pending(
