@@ -132,7 +132,7 @@ class CappedCountPaginator(Paginator):
     """
 
     COUNT_CAP = 2000
-    ESTIMATE_ABOVE = 100_000
+    ESTIMATE_ABOVE = 50_000
     # True when the count stopped at the cap: the list holds more than ``count`` rows.
     capped = False
     # True when the count is the database's estimate.

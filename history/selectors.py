@@ -150,8 +150,8 @@ def _search_words(text: str) -> list[str]:
 def task_filter_prompt(queryset: QuerySet[Task], text: str) -> QuerySet[Task]:
     """Tasks whose prompt has every word of ``text`` (a word of 3 letters or more also matches
     the words it begins: "drag" finds "dragon"), through the full-text index of migration 0006:
-    FTS5 on SQLite, a GIN ``tsvector`` index on PostgreSQL. Case is ignored, accents are not.
-    A 32-hex-digit ``text`` finds the task with that id instead."""
+    FTS5 on SQLite, a stored ``tsvector`` column with a GIN index on PostgreSQL. Case is
+    ignored, accents are not. A 32-hex-digit ``text`` finds the task with that id instead."""
     text = text.strip()
     if TASK_ID_PATTERN.fullmatch(text.lower()):
         return queryset.filter(task_id=text.lower())
@@ -163,9 +163,7 @@ def task_filter_prompt(queryset: QuerySet[Task], text: str) -> QuerySet[Task]:
             f"'{word}':*" if len(word) >= PREFIX_MIN_LENGTH else f"'{word}'" for word in words
         )
         condition = RawSQL(
-            "to_tsvector('simple'::regconfig, "
-            "COALESCE(\"history_task\".\"req_params\" ->> 'prompt', ''))"
-            " @@ to_tsquery('simple'::regconfig, %s)",
+            '"history_task"."prompt_tsv" @@ to_tsquery(\'simple\'::regconfig, %s)',
             [query],
             output_field=BooleanField(),
         )
