@@ -295,9 +295,10 @@ def main() -> None:
     pg_name = args.postgres_db or f"bench_history_{os.getpid()}"
     import psycopg
 
-    if args.database == "postgres" and not args.postgres_db:
-        with psycopg.connect(f"{args.postgres_url}/postgres", autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{pg_name}"')
+    if args.database == "postgres":
+        if not args.postgres_db:
+            with psycopg.connect(f"{args.postgres_url}/postgres", autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{pg_name}"')
         os.environ["DATABASE_URL"] = f"{args.postgres_url}/{pg_name}"
     else:
         os.environ.pop("DATABASE_URL", None)
