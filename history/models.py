@@ -43,16 +43,37 @@ class Task(models.Model):
     error = models.TextField(blank=True, default="")
     worker = models.CharField(max_length=128, blank=True, default="")
     # The API key that created the task (its public prefix; "" when auth is off).
-    api_key = models.CharField(max_length=32, blank=True, default="", db_index=True)
+    api_key = models.CharField(max_length=32, blank=True, default="")
     attempts = models.PositiveSmallIntegerField(default=0)
+    # Copies of two request fields (``base_model_name``, ``performance_selection``) written with
+    # the row, so the admin filters on them through an index instead of reading every JSON.
+    model_name = models.CharField(max_length=255, blank=True, default="")
+    performance = models.CharField(max_length=64, blank=True, default="")
 
     class Meta:
         ordering = ["-id"]
         indexes = [
             # The claim query and the pending list: oldest pending first.
             models.Index(fields=["status", "id"], name="task_status_id_idx"),
-            # Time-range queries and range delete filter on enqueue time.
-            models.Index(fields=["created_at"], name="task_created_idx"),
+            # Time-range queries and range delete filter on enqueue time; the status is there so
+            # that per-day counts of failures are answered from the index alone.
+            models.Index(fields=["created_at", "status"], name="task_created_status_idx"),
+            # Pages of lists newest first are chosen by walking one of these (they hold every
+            # column the lists filter on), then only the page's rows are read: a deep page costs
+            # a walk over small index entries, never over the multi-kilobyte rows.
+            models.Index(fields=["id", "status", "created_at"], name="task_id_cover_idx"),
+            models.Index(
+                fields=["api_key", "id", "status", "created_at"], name="task_key_cover_idx"
+            ),
+            models.Index(fields=["model_name", "id"], name="task_model_id_idx"),
+            models.Index(fields=["performance", "id"], name="task_performance_id_idx"),
+            # The admin's per-day counts of a list filtered on model or performance.
+            models.Index(
+                fields=["model_name", "created_at", "status"], name="task_model_created_idx"
+            ),
+            models.Index(
+                fields=["performance", "created_at", "status"], name="task_perf_created_idx"
+            ),
         ]
         constraints = [
             models.CheckConstraint(

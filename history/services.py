@@ -14,6 +14,7 @@ from django.db.models import DateTimeField, ExpressionWrapper, F, Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from history.admin_counts import history_changed
 from history.files import output_files_delete
 from history.models import ENDED_STATUSES, Task, TaskStatus, WebhookDelivery, WorkerHeartbeat
 
@@ -54,6 +55,19 @@ def _lock_queue() -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_QUEUE_LOCK_KEY])
 
 
+def _text(value: Any, length: int) -> str:
+    return value[:length] if isinstance(value, str) else ""
+
+
+def indexed_columns(req_params: dict[str, Any]) -> dict[str, str]:
+    """The request fields the Task row copies into indexed columns (see ``Task.model_name``).
+    Migration 0005 fills rows stored before these existed the same way."""
+    return {
+        "model_name": _text(req_params.get("base_model_name"), 255),
+        "performance": _text(req_params.get("performance_selection"), 64),
+    }
+
+
 def task_create(
     *,
     req_params: dict[str, Any],
@@ -87,6 +101,7 @@ def task_create(
             base_url=base_url,
             api_key=api_key,
             created_at=timezone.now(),
+            **indexed_columns(req_params),
         )
         if on_commit is not None:
             transaction.on_commit(lambda: on_commit(task))
@@ -212,6 +227,7 @@ def task_delete_range(*, start: datetime, end: datetime) -> DeleteOutcome:
         ).select_for_update()
         doomed = list(rows.values_list("id", "result"))
         Task.objects.filter(id__in=[pk for pk, _ in doomed]).delete()
+    history_changed()
     # Files go after the commit: a failed delete must not leave rows pointing at missing files.
     files_deleted = sum(output_files_delete(list(result or [])) for _, result in doomed)
     return DeleteOutcome(len(doomed), files_deleted)
@@ -223,6 +239,7 @@ def task_delete(*, task: Task) -> int:
         raise ValueError("only ended tasks can be deleted; cancel it first")
     result = list(task.result or [])
     task.delete()
+    history_changed()
     return output_files_delete(result)
 
 
