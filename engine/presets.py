@@ -51,6 +51,7 @@ DOWNLOAD_FOLDERS: dict[str, str] = {
     "inpaint_downloads": "inpaint",
     "controlnet_downloads": "controlnet",
     "clip_vision_downloads": "clip_vision",
+    "sam_downloads": "sam",
 }
 
 
