@@ -16,6 +16,7 @@ from django.conf import settings  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
 from generation.consumers import GenerateConsumer  # noqa: E402
+from generation.tools.consumers import DescribeImageConsumer, GenerateMaskConsumer  # noqa: E402
 from generation.worker import EngineChannelConsumer  # noqa: E402
 
 application = ProtocolTypeRouter(
@@ -23,6 +24,8 @@ application = ProtocolTypeRouter(
         "http": URLRouter(
             [
                 re_path(r"^v1/engine/generate/?$", GenerateConsumer.as_asgi()),
+                re_path(r"^v1/tools/describe-image/?$", DescribeImageConsumer.as_asgi()),
+                re_path(r"^v1/tools/generate_mask/?$", GenerateMaskConsumer.as_asgi()),
                 re_path(r"", django_application),  # type: ignore[arg-type]
             ]
         ),

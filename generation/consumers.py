@@ -146,21 +146,22 @@ class GenerateConsumer(AsyncHttpConsumer):
             )
             return
         try:
-            data = json.loads(body or b"{}")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            data = self.parse_body(body, headers)
+        except ValueError as exc:
             await self.send_json(
                 422,
-                {
-                    "detail": [
-                        {"loc": ["body"], "msg": f"invalid JSON: {exc}", "type": "json_invalid"}
-                    ]
-                },
+                {"detail": [{"loc": ["body"], "msg": str(exc), "type": "json_invalid"}]},
             )
             return
         image_format = image_format_from_accept(headers.get("accept"))
         wants_stream = isinstance(data, dict) and _flag(data.get("stream_output"))
         wants_async = isinstance(data, dict) and _flag(data.get("async_process"))
-        binary = image_format is not None and not wants_stream and not wants_async
+        binary = (
+            self.binary_results
+            and image_format is not None
+            and not wants_stream
+            and not wants_async
+        )
         base = request_base(self.scope)
         task_id = uuid.uuid4().hex
         layer = self.channel_layer
@@ -171,7 +172,7 @@ class GenerateConsumer(AsyncHttpConsumer):
             await layer.group_add(task_group(task_id), channel)
         try:
             try:
-                task = await in_thread(submit_generate)(
+                task = await in_thread(self.submit)(
                     data, base_url=base, binary=binary, task_id=task_id, caller=caller
                 )
             except ValidationError as exc:
@@ -205,12 +206,29 @@ class GenerateConsumer(AsyncHttpConsumer):
                 if binary:
                     await self._send_binary(task, image_format or "", base, task_header)
                 else:
-                    await self.send_json(
-                        200, await in_thread(task_object)(task, base=base), task_header
-                    )
+                    await self.send_result(task, base, task_header)
         finally:
             if channel is not None and layer is not None:
                 await layer.group_discard(task_group(task_id), channel)
+
+    # What subclasses (the tool routes) change ----------------------------------------------
+    binary_results = True
+    """Whether an image ``Accept`` header asks for the image itself."""
+
+    def parse_body(self, body: bytes, headers: dict[str, str]) -> Any:
+        """The request data; ValueError (a 422) when the body cannot be read."""
+        try:
+            return json.loads(body or b"{}")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"invalid JSON: {exc}") from exc
+
+    def submit(self, data: Any, **kwargs: Any) -> Task:
+        """Validate and queue (in a worker thread)."""
+        return submit_generate(data, **kwargs)
+
+    async def send_result(self, task: Task, base: str, headers: list[tuple[bytes, bytes]]) -> None:
+        """The synchronous answer once the task ended: the task object."""
+        await self.send_json(200, await in_thread(task_object)(task, base=base), headers)
 
     # Waiting ------------------------------------------------------------------------------
     async def _events(self, task: Task, channel: str | None) -> Any:
@@ -337,4 +355,5 @@ def _final_event(task: Task, base: str) -> dict[str, Any]:
         progress=task.progress,
         message=message,
         images=[output_url(public_base(base), r) for r in task.result],
+        describe=task.text if task.kind == "describe" else None,
     )

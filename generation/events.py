@@ -79,9 +79,11 @@ def stream_event(
     message: str,
     preview: str | None = None,
     images: list[str] | None = None,
+    describe: str | None = None,
 ) -> dict[str, Any]:
-    """The event shape clients of the stream receive (API.md §1.2)."""
-    return {
+    """The event shape clients of the stream receive (API.md §1.2); a describe-image task's
+    end event also carries its text."""
+    event = {
         "task_id": task_id,
         "task_status": status,
         "progress": progress,
@@ -89,6 +91,9 @@ def stream_event(
         "message": message,
         "images": images or [],
     }
+    if describe is not None:
+        event["describe"] = describe
+    return event
 
 
 class EventPublisher:

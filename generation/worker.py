@@ -36,7 +36,7 @@ from generation.heartbeat import Heartbeat
 from generation.params import engine_request_from_params
 from generation.webhooks import webhook_sender
 from history import services
-from history.models import Task, TaskStatus
+from history.models import Task, TaskKind, TaskStatus
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +173,11 @@ class EngineWorker:
         try:
             # A previous run may have recorded every image and died before ending the task.
             stopped = False
-            if run.done_before < run.total:
+            if task.kind != TaskKind.GENERATE:
+                from generation.tools.runner import run_tool_task
+
+                stopped = run_tool_task(self, run)
+            elif run.done_before < run.total:
                 request = engine_request_from_params(task.req_params, skip_images=run.done_before)
                 result = self.engine.generate(
                     request,
@@ -240,6 +244,7 @@ class EngineWorker:
                 progress=100 if status == TaskStatus.FINISHED else task.progress,
                 message=message,
                 images=list(task.result),
+                describe=task.text if task.kind == TaskKind.DESCRIBE else None,
             ),
             ended=True,
         )
