@@ -121,6 +121,10 @@ class Engine:
                 "it cannot run with the edm_playground_v2.5 scheduler",
             )
         self.style_library.check(request.style_selections)
+        if request.enhance is not None:
+            from engine.tools.enhance import check_enhance
+
+            check_enhance(request.enhance)
         self._check_unsupported(request, plan)
         self._check_image_inputs(request)
         self._check_inpaint(request)
@@ -292,6 +296,13 @@ class Engine:
         so far with ``stopped=True``; "skip" drops the current image and goes on.
         """
         self.check(request)
+        if request.enhance is not None:
+            from engine.tools.enhance import EnhanceRun
+
+            def run(sub: EngineRequest, events: EventCallback, stop: StopPoll) -> EngineResult:
+                return RequestRun(self.resources(), sub, events, stop).execute()
+
+            return EnhanceRun(request, self.tools, run, on_event, should_stop).execute()
         return RequestRun(self.resources(), request, on_event, should_stop).execute()
 
     def describe(self, request: DescribeRequest, on_message: Message | None = None) -> str:

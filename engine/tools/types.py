@@ -64,3 +64,51 @@ class MaskResult:
     dino_detections: int = 0
     sam_detections: int = 0
     sam_applied: int = 0
+
+
+ENHANCE_UOV_BEFORE = "Before First Enhancement"
+ENHANCE_UOV_AFTER = "After Last Enhancement"
+ENHANCE_UOV_ORDERS: tuple[str, ...] = (ENHANCE_UOV_BEFORE, ENHANCE_UOV_AFTER)
+ENHANCE_PROMPT_ORIGINAL = "Original Prompts"
+ENHANCE_PROMPT_LAST_FILLED = "Last Filled Enhancement Prompts"
+ENHANCE_PROMPT_TYPES: tuple[str, ...] = (ENHANCE_PROMPT_ORIGINAL, ENHANCE_PROMPT_LAST_FILLED)
+MAX_ENHANCE_REGIONS = 3
+
+
+@dataclass(frozen=True)
+class EnhanceRegion:
+    """One enhance tab (FooocusAPI's ``EnhanceCtrlNets``, enabled): how to find the region and
+    how to inpaint it. Empty prompts mean the request's own."""
+
+    mask_dino_prompt: str = ""
+    prompt: str = ""
+    negative_prompt: str = ""
+    mask_model: str = "sam"
+    cloth_category: str = "full"
+    sam_model: str = "vit_b"
+    text_threshold: float = 0.25
+    box_threshold: float = 0.3
+    sam_max_detections: int = 0
+    inpaint_disable_initial_latent: bool = False
+    inpaint_engine: str = "v2.6"
+    inpaint_strength: float = 1.0
+    inpaint_respective_field: float = 0.618
+    inpaint_erode_or_dilate: int = 0
+    mask_invert: bool = False
+
+
+@dataclass(frozen=True)
+class EnhanceSpec:
+    """Enhance (reference fooocus_engine §8.6): the uploaded ``input_image`` (else the images
+    the request generates) goes through an optional Vary/Upscale before the first or after the
+    last region, and each region is masked and inpainted in turn."""
+
+    input_image: Image.Image | None = None
+    regions: tuple[EnhanceRegion, ...] = ()
+    uov_method: str = "Disabled"
+    uov_processing_order: str = ENHANCE_UOV_BEFORE
+    uov_prompt_type: str = ENHANCE_PROMPT_ORIGINAL
+    save_final_enhanced_image_only: bool = False
+    debugging_enhance_masks: bool = False
+    debugging_dino: bool = False
+    dino_erode_or_dilate: int = 0
