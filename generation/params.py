@@ -18,6 +18,7 @@ from rest_framework import serializers
 from engine.types import EngineRequest, ImagePromptSpec, LoraSpec
 from generation.catalog import Catalog
 from generation.serializers import GenerateRequestSerializer, parse_aspect_ratio
+from generation.tools.enhance_fields import enhance_spec_from_params
 from history.files import input_image_store, resolve_input
 
 # Fooocus-API name -> FooocusAPI name (when only the old name is sent).
@@ -35,7 +36,12 @@ OUTPAINT_LEGACY = (
     "outpaint_distance_right",
     "outpaint_distance_bottom",
 )
-IMAGE_FIELDS = ("uov_input_image", "inpaint_input_image", "inpaint_mask_image_upload")
+IMAGE_FIELDS = (
+    "uov_input_image",
+    "inpaint_input_image",
+    "inpaint_mask_image_upload",
+    "enhance_input_image",
+)
 # Random seeds stay below 2**53 so JavaScript clients read them exactly.
 RANDOM_SEED_LIMIT = 2**53 - 1
 
@@ -230,4 +236,5 @@ def engine_request_from_params(
         canny_low_threshold=params["canny_low_threshold"],
         canny_high_threshold=params["canny_high_threshold"],
         controlnet_softness=params["controlnet_softness"],
+        enhance=enhance_spec_from_params(params, image),
     )

@@ -16,6 +16,7 @@ IMAGE_PARAM_FIELDS = (
     "uov_input_image",
     "inpaint_input_image",
     "inpaint_mask_image_upload",
+    "enhance_input_image",
     "image",  # the tool tasks' input
 )
 
