@@ -98,7 +98,7 @@ class TaskAdmin(admin.ModelAdmin):
         "row_actions",
     )
     list_display_links = ("id", "prompt_column")
-    list_filter = ("status", "created_at", ModelFilter, PerformanceFilter)
+    list_filter = ("status", "kind", "created_at", ModelFilter, PerformanceFilter)
     search_fields = ("req_params__prompt", "=task_id")
     search_help_text = "Search prompts (or paste a task id)."
     list_per_page = 50
@@ -120,7 +120,7 @@ class TaskAdmin(admin.ModelAdmin):
                 )
             },
         ),
-        ("Result", {"fields": ("output_images", "seeds")}),
+        ("Result", {"fields": ("kind", "output_images", "seeds", "text")}),
         ("Request", {"fields": ("prompt_full", "negative_prompt", "parameters")}),
         ("Webhook", {"fields": ("webhook_url",)}),
     )
@@ -137,6 +137,8 @@ class TaskAdmin(admin.ModelAdmin):
         "error_text",
         "output_images",
         "seeds",
+        "kind",
+        "text",
         "prompt_full",
         "negative_prompt",
         "parameters",
