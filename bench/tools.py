@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,7 +78,8 @@ def main() -> None:
         ("describe Anime (WD14)", lambda: engine.describe(DescribeRequest(image, "Anime"))),
     ]
     for model in REMBG_MODELS:
-        cases.append((f"mask {model}", lambda m=model: engine.generate_mask(MaskRequest(image, m))))
+        request = MaskRequest(image, model)
+        cases.append((f"mask {model}", partial(engine.generate_mask, request)))
     sam = MaskRequest(image, "sam", dino_prompt_text="cat", box_threshold=0.0)
     cases.append(("mask sam (10 boxes)", lambda: engine.generate_mask(sam)))
     debug = MaskRequest(image, "sam", dino_prompt_text="cat", box_threshold=0.0, dino_debug=True)
