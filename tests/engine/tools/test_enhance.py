@@ -13,6 +13,7 @@ from PIL import Image
 from engine import Engine
 from engine.demo.writer import DEMO_CHECKPOINT
 from engine.tools.enhance import check_enhance, enhance_prompt
+from engine.tools.masks import boxes_image, grow_boxes
 from engine.tools.types import EnhanceRegion, EnhanceSpec, MaskRequest
 from engine.types import EngineEvent, EngineInputError, EngineRequest
 
@@ -146,3 +147,32 @@ def test_checks_name_the_field(spec: EnhanceSpec, field: str) -> None:
     with pytest.raises(EngineInputError) as error:
         check_enhance(spec)
     assert error.value.field == field
+
+
+def test_debugging_dino_inpaints_the_grown_boxes(engine: Engine) -> None:
+    source = Image.fromarray(SQUARE)
+    region = EnhanceRegion(mask_model="sam", mask_dino_prompt="cat", box_threshold=0.0)
+    spec = EnhanceSpec(
+        input_image=source,
+        regions=(region,),
+        debugging_dino=True,
+        dino_erode_or_dilate=2,
+        debugging_enhance_masks=True,
+    )
+    images, _ = _run(engine, _request(spec))
+    assert len(images) == 2  # the boxes mask, then the inpainted image
+    boxes = engine.tools.detector().boxes(source, "cat", 0.0)
+    expected = boxes_image(grow_boxes(boxes, 2), 64, 64)
+    assert np.array_equal(np.asarray(images[0])[:, :, 0], expected)
+
+
+def test_a_region_with_no_detection_is_skipped(engine: Engine) -> None:
+    source = Image.fromarray(SQUARE)
+    region = EnhanceRegion(mask_model="sam", mask_dino_prompt="cat", box_threshold=1.0)
+    images, events = _run(engine, _request(EnhanceSpec(input_image=source, regions=(region,))))
+    assert images == []
+    assert "Enhancement 1/1: nothing found, skipped" in [e.message for e in events]
+    final = EnhanceSpec(input_image=source, regions=(region,), save_final_enhanced_image_only=True)
+    images, _ = _run(engine, _request(final))
+    assert len(images) == 1
+    assert np.array_equal(np.asarray(images[0]), SQUARE)  # unchanged, reported as the final one
