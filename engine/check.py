@@ -45,6 +45,7 @@ from engine.options import (
 )
 from engine.plan import IMAGE_PROMPT_FIELD, Plan, plan_request, required_files, resolve_slots
 from engine.prompts.styles import FOOOCUS_V2, StyleLibrary
+from engine.tools.checks import check_enhance
 from engine.types import EngineInputError, EngineRequest, FeatureNotSupportedError
 
 LATENT_SCALE = 8
@@ -102,6 +103,8 @@ class RequestChecker:
                 f"it cannot run with the {PLAYGROUND_SCHEDULER} scheduler",
             )
         self.styles.check(request.style_selections)
+        if request.enhance is not None:
+            check_enhance(request.enhance)
         self._check_refiner_swap(request, plan)
         self._check_image_inputs(request)
         self._check_inpaint(request)

@@ -19,6 +19,13 @@ MODEL_FOLDERS: tuple[str, ...] = (
     "prompt_expansion",
     "prompt_expansion/fooocus_expansion",
     "safety_checker",
+    # The describe and mask models (engine.tools.files): SAM's folder and transformers folders.
+    "sam",
+    "clip_vision/blip-image-captioning-base",
+    "inpaint/grounding-dino-tiny",
+    "sam/sam-vit-base",
+    "sam/sam-vit-large",
+    "sam/sam-vit-huge",
 )
 
 

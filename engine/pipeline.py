@@ -32,6 +32,8 @@ from engine.prompts.expansion import PromptExpansion
 from engine.prompts.styles import StyleLibrary
 from engine.prompts.syntax import Wildcards
 from engine.run import RequestRun, RunResources
+from engine.tools.models import ToolModels
+from engine.tools.types import DescribeRequest, MaskRequest, MaskResult
 from engine.types import (
     EngineInputError,
     EngineRequest,
@@ -72,6 +74,7 @@ class Engine:
         self._upscaler: Upscaler | None = None
         self._image_prompt_models: ImagePromptModels | None = None
         self._image_prompt_message: Message | None = None
+        self.tools = ToolModels(self.manager, self.device, self.dtype)
 
     def styles(self) -> list[str]:
         """Every selectable style name (with the 'Fooocus V2' and 'Random Style' pseudo-styles)."""
@@ -149,7 +152,22 @@ class Engine:
         so far with ``stopped=True``; "skip" drops the current image and goes on.
         """
         self.check(request)
+        if request.enhance is not None:
+            from engine.tools.enhance import EnhanceRun
+
+            def run(sub: EngineRequest, events: EventCallback, stop: StopPoll) -> EngineResult:
+                return RequestRun(self.resources(), sub, events, stop).execute()
+
+            return EnhanceRun(request, self.tools, run, on_event, should_stop).execute()
         return RequestRun(self.resources(), request, on_event, should_stop).execute()
+
+    def describe(self, request: DescribeRequest, on_message: Message | None = None) -> str:
+        """Describe-image: a BLIP caption (``Photo``) or WD14 tags (``Anime``)."""
+        return self.tools.describe(request, on_message)
+
+    def generate_mask(self, request: MaskRequest, on_message: Message | None = None) -> MaskResult:
+        """generate_mask: a background-removal model's mask, or GroundingDINO + SAM's."""
+        return self.tools.mask(request, on_message)
 
     def resources(self) -> RunResources:
         """What one request's run may use: the models, the prompt libraries and the lazily loaded

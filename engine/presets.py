@@ -58,6 +58,7 @@ DOWNLOAD_FOLDERS: dict[str, str] = {
     "controlnet_downloads": "controlnet",
     "clip_vision_downloads": "clip_vision",
     "style_downloads": STYLE_DOWNLOAD_FOLDER,
+    "sam_downloads": "sam",
 }
 
 

@@ -13,6 +13,8 @@ from typing import Literal
 
 from PIL import Image
 
+from engine.tools.types import EnhanceSpec
+
 StopAction = Literal["stop", "skip"]
 """What a caller may ask between sampling steps: end the whole request, or end the current image."""
 
@@ -141,6 +143,8 @@ class EngineRequest:
     canny_low_threshold: int = 64
     canny_high_threshold: int = 128
     controlnet_softness: float = 0.25
+    enhance: EnhanceSpec | None = None
+    """Enhance after generation (or on its own input image); None = off."""
 
 
 @dataclass(frozen=True)

@@ -376,6 +376,14 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Choice sets used by more than one field (generate, enhance, the tool routes): one name each.
+    "ENUM_NAME_OVERRIDES": {
+        "UovMethodEnum": "engine.options.UOV_METHODS",
+        "InpaintEngineEnum": "engine.options.INPAINT_ENGINES",
+        "MaskModelEnum": "engine.tools.types.MASK_MODELS",
+        "ClothCategoryEnum": "engine.tools.types.CLOTH_CATEGORIES",
+        "SamModelEnum": "engine.tools.types.SAM_MODELS",
+    },
 }
 
 LOGGING = {

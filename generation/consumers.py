@@ -170,15 +170,20 @@ class GenerateConsumer(AsyncHttpConsumer):
                 ]
             )
         try:
-            data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            data = self.parse_body(body, headers)
+        except ValueError as exc:
             raise RequestInvalid(
-                [{"loc": ["body"], "msg": f"invalid JSON: {exc}", "type": "json_invalid"}]
+                [{"loc": ["body"], "msg": str(exc), "type": "json_invalid"}]
             ) from exc
         image_format = image_format_from_accept(headers.get("accept"))
         wants_stream = isinstance(data, dict) and _flag(data.get("stream_output"))
         wants_async = isinstance(data, dict) and _flag(data.get("async_process"))
-        binary = image_format is not None and not wants_stream and not wants_async
+        binary = (
+            self.binary_results
+            and image_format is not None
+            and not wants_stream
+            and not wants_async
+        )
         base = request_base(self.scope)
         task_id = uuid.uuid4().hex
         layer = self.channel_layer
@@ -202,20 +207,15 @@ class GenerateConsumer(AsyncHttpConsumer):
                 if binary:
                     await self._send_binary(task, image_format or "", base, task_header)
                 else:
-                    await self.send_json(
-                        status.HTTP_200_OK,
-                        await in_thread(task_object)(task, base=base),
-                        task_header,
-                    )
+                    await self.send_result(task, base, task_header)
         finally:
             if channel is not None and layer is not None:
                 await layer.group_discard(task_group(task_id), channel)
 
-    @staticmethod
-    async def _submit(data: Any, **options: Any) -> Task:
+    async def _submit(self, data: Any, **options: Any) -> Task:
         """Queue the request; every refusal is an :class:`ApiError`."""
         try:
-            return await in_thread(submit_generate)(data, **options)
+            return await in_thread(self.submit)(data, **options)
         except ApiError:
             raise
         except ValidationError as exc:
@@ -227,6 +227,27 @@ class GenerateConsumer(AsyncHttpConsumer):
             # API's error shape and keep the traceback in the log.
             logger.exception("could not queue a generate request")
             raise ApiError("internal error while queueing the request; nothing was queued") from exc
+
+    # What subclasses (the tool routes) change ----------------------------------------------
+    binary_results = True
+    """Whether an image ``Accept`` header asks for the image itself."""
+
+    def parse_body(self, body: bytes, headers: dict[str, str]) -> Any:
+        """The request data; ValueError (a 422) when the body cannot be read."""
+        try:
+            return json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"invalid JSON: {exc}") from exc
+
+    def submit(self, data: Any, **kwargs: Any) -> Task:
+        """Validate and queue (in a worker thread)."""
+        return submit_generate(data, **kwargs)
+
+    async def send_result(self, task: Task, base: str, headers: list[tuple[bytes, bytes]]) -> None:
+        """The synchronous answer once the task ended: the task object."""
+        await self.send_json(
+            status.HTTP_200_OK, await in_thread(task_object)(task, base=base), headers
+        )
 
     # Waiting ------------------------------------------------------------------------------
     async def _events(self, task: Task, channel: str | None) -> Any:

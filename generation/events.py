@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from django.core.cache import cache
 from PIL import Image
 
-from history.models import TaskStatus
+from history.models import TaskKind, TaskStatus
 
 if TYPE_CHECKING:
     from history.models import Task
@@ -96,9 +96,11 @@ def stream_event(
     message: str,
     preview: str | None = None,
     images: list[str] | None = None,
+    describe: str | None = None,
 ) -> dict[str, Any]:
-    """The event shape clients of the stream receive (API.md §1.2)."""
-    return {
+    """The event shape clients of the stream receive (API.md §1.2); a describe-image task's
+    end event also carries its text."""
+    event = {
         "task_id": task_id,
         "task_status": status,
         "progress": progress,
@@ -106,6 +108,9 @@ def stream_event(
         "message": message,
         "images": images or [],
     }
+    if describe is not None:
+        event["describe"] = describe
+    return event
 
 
 # The message of a task's last event, by its status (a failure appends its error).
@@ -130,4 +135,5 @@ def end_event(task: Task) -> dict[str, Any]:
         progress=100 if task.status == TaskStatus.FINISHED else task.progress,
         message=message,
         images=list(task.result),
+        describe=task.text if task.kind == TaskKind.DESCRIBE else None,
     )

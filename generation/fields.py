@@ -80,6 +80,28 @@ API_FIELDS: tuple[ApiField, ...] = (
     ApiField("stream_output", None, used_by="the generate consumer's answer mode"),
     ApiField("webhook_url", None, used_by="the task's webhook"),
     ApiField("webhook_events", None, used_by="the task's webhook"),
+    # Enhance: one engine field (``enhance``, an EnhanceSpec) built from these by
+    # generation.tools.enhance_fields.enhance_spec_from_params.
+    *(
+        ApiField(name, None, used_by="the engine request's enhance spec")
+        for name in (
+            "enhance_checkbox",
+            "enhance_input_image",
+            "enhance_uov_method",
+            "enhance_uov_processing_order",
+            "enhance_uov_prompt_type",
+            "enhance_ctrls",
+            "save_final_enhanced_image_only",
+            "debugging_enhance_masks_checkbox",
+            "debugging_dino",
+            "dino_erode_or_dilate",
+        )
+    ),
+    ApiField(
+        "inpaint_advanced_masking_checkbox",
+        None,
+        used_by="compatibility: refused when set without an uploaded mask (generation.unsupported)",
+    ),
     # Accepted for compatibility and not read (API.md: the server decides from the images).
     ApiField("input_image_checkbox", None, used_by="compatibility: FooocusAPI forces it true"),
     ApiField("current_tab", None, used_by="compatibility: decided from the images given"),
@@ -113,6 +135,7 @@ DERIVED: dict[str, str] = {
     "width": "aspect_ratios_selection",
     "height": "aspect_ratios_selection",
     "performance_lora_name": "preset",
+    "enhance": "enhance_checkbox",
 }
 """Engine fields computed from API fields rather than copied (and the API field to blame)."""
 

@@ -20,6 +20,7 @@ from engine.types import EngineRequest, ImagePromptSpec, LoraSpec
 from generation import fields
 from generation.catalog import Catalog
 from generation.serializers import GenerateRequestSerializer, parse_aspect_ratio
+from generation.tools.enhance_fields import enhance_spec_from_params
 from generation.unsupported import unsupported_field_errors
 from history.files import input_image_store, resolve_input
 
@@ -30,7 +31,8 @@ OUTPAINT_LEGACY = (
     "outpaint_distance_bottom",
 )
 IMAGE_ENGINE_FIELDS = ("uov_input_image", "inpaint_input_image", "inpaint_mask_image")
-IMAGE_FIELDS = tuple(fields.api_name(name) for name in IMAGE_ENGINE_FIELDS)
+# The image fields of the API (stored by hash, replaced by their URLs), enhance's included.
+IMAGE_FIELDS = (*(fields.api_name(name) for name in IMAGE_ENGINE_FIELDS), "enhance_input_image")
 # Random seeds stay below 2**53 so JavaScript clients read them exactly.
 RANDOM_SEED_LIMIT = 2**53 - 1
 
@@ -172,4 +174,5 @@ def engine_request_from_params(
         seed = (seed + skip_images) % (2**63)
     values["seed"] = seed
     values["image_number"] = params["image_number"] - skip_images
+    values["enhance"] = enhance_spec_from_params(params, lambda key: image(params.get(key)))
     return EngineRequest(**values)

@@ -12,7 +12,13 @@ from generation.signing import signed_query
 from history.files import resolve_output
 from history.models import Task, TaskStatus
 
-IMAGE_PARAM_FIELDS = ("uov_input_image", "inpaint_input_image", "inpaint_mask_image_upload")
+IMAGE_PARAM_FIELDS = (
+    "uov_input_image",
+    "inpaint_input_image",
+    "inpaint_mask_image_upload",
+    "enhance_input_image",
+    "image",  # the tool tasks' input
+)
 
 
 def public_base(request_base: str) -> str:
@@ -81,6 +87,10 @@ def task_object(
         "seeds": list(task.seeds),
         "error": task.error or None,
     }
+    if task.kind != "generate":
+        body["task_kind"] = task.kind
+        if task.kind == "describe":
+            body["describe"] = task.text if task.status == TaskStatus.FINISHED else None
     if with_deliveries:
         body["webhook_deliveries"] = [
             {

@@ -14,9 +14,12 @@ from django.urls import re_path
 
 from generation.compat.routing import http_routes as fooocus_api_routes
 from generation.consumers import EngineChannelConsumer, GenerateConsumer
+from generation.tools.consumers import DescribeImageConsumer, GenerateMaskConsumer
 
 http_urlpatterns = [
     re_path(r"^v1/engine/generate/?$", GenerateConsumer.as_asgi()),
+    re_path(r"^v1/tools/describe-image/?$", DescribeImageConsumer.as_asgi()),
+    re_path(r"^v1/tools/generate_mask/?$", GenerateMaskConsumer.as_asgi()),
     *fooocus_api_routes,  # Fooocus-API's generation routes (generation.compat)
 ]
 

@@ -16,6 +16,7 @@ from engine import options
 from generation import fields
 from generation.catalog import Catalog
 from generation.images import ImageInputError, ImageInputField, check_webhook_target
+from generation.tools.enhance_fields import EnhanceFields, validate_enhance
 
 MAX_SEED = 2**63 - 1
 WEBHOOK_EVENTS = ("queued", "started", "progress", "finished", "failed", "stop", "canceled")
@@ -94,7 +95,7 @@ def _overwrite(value: float, low: float, high: float) -> None:
         raise serializers.ValidationError(f"must be -1 (off) or in {low}..{high}")
 
 
-class GenerateRequestSerializer(EngineDefaults):
+class GenerateRequestSerializer(EngineDefaults, EnhanceFields):
     """Every field of FooocusAPI's generate request. Defaults are the built-in ones; presets are
     merged into the data before validation (a field the client sent always wins)."""
 
@@ -323,6 +324,7 @@ class GenerateRequestSerializer(EngineDefaults):
             raise serializers.ValidationError(
                 {"inpaint_input_image": "a mask was given without the image to inpaint"}
             )
+        validate_enhance(attrs)
         self._check_cost(attrs)
         if attrs["canny_low_threshold"] > attrs["canny_high_threshold"]:
             raise serializers.ValidationError(

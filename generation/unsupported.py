@@ -17,17 +17,7 @@ _FALSE = {"false", "0", "no", "off"}
 
 # field -> (FooocusAPI's default, the feature it belongs to)
 UNSUPPORTED_FIELDS: dict[str, tuple[Any, str]] = {
-    "enhance_checkbox": (False, "enhance"),
-    "enhance_input_image": (None, "enhance"),
-    "enhance_uov_method": ("Disabled", "enhance"),
-    "enhance_uov_processing_order": ("Before First Enhancement", "enhance"),
-    "enhance_uov_prompt_type": ("Original Prompts", "enhance"),
-    "enhance_ctrls": ([], "enhance"),
-    "save_final_enhanced_image_only": (False, "enhance"),
-    "debugging_enhance_masks_checkbox": (False, "enhance"),
     "inpaint_advanced_masking_checkbox": (False, "inpaint mask generation (SAM/DINO)"),
-    "debugging_dino": (False, "inpaint mask generation (SAM/DINO)"),
-    "dino_erode_or_dilate": (0, "inpaint mask generation (SAM/DINO)"),
 }
 
 

@@ -3,10 +3,13 @@ from drf_spectacular.views import SpectacularJSONAPIView, SpectacularSwaggerView
 
 from generation import health, views
 from generation.schema import GenerateSchemaView
+from generation.tools.schema import DescribeImageSchemaView, GenerateMaskSchemaView
 
 urlpatterns = [
     # Answered by generation.consumers.GenerateConsumer; listed here for the OpenAPI document.
     path("v1/engine/generate/", GenerateSchemaView.as_view(), name="generate"),
+    path("v1/tools/describe-image", DescribeImageSchemaView.as_view(), name="describe-image"),
+    path("v1/tools/generate_mask", GenerateMaskSchemaView.as_view(), name="generate-mask"),
     path("openapi.json", SpectacularJSONAPIView.as_view(), name="openapi"),
     path("docs", SpectacularSwaggerView.as_view(url_name="openapi"), name="docs"),
     path("tasks", views.TaskListView.as_view(), name="task-list"),

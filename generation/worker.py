@@ -36,7 +36,7 @@ from generation.announce import Announcer
 from generation.heartbeat import Heartbeat, WorkerStatus
 from generation.params import engine_request_from_params
 from history import services
-from history.models import Task, TaskStatus
+from history.models import Task, TaskKind, TaskStatus
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +209,11 @@ class EngineWorker:
         try:
             # A previous run may have recorded every image and died before ending the task.
             stopped = False
-            if run.done_before < run.total:
+            if task.kind != TaskKind.GENERATE:
+                from generation.tools.runner import run_tool_task
+
+                stopped = run_tool_task(self, run)
+            elif run.done_before < run.total:
                 request = engine_request_from_params(task.req_params, skip_images=run.done_before)
                 result = self.engine.generate(
                     request,

@@ -111,7 +111,13 @@ class TaskAdmin(admin.ModelAdmin):
         "row_actions",
     )
     list_display_links = ("id", "prompt_column")
-    list_filter = ("status", ("created_at", CreatedAtFilter), ModelFilter, PerformanceFilter)
+    list_filter = (
+        "status",
+        "kind",
+        ("created_at", CreatedAtFilter),
+        ModelFilter,
+        PerformanceFilter,
+    )
     # Only shows the search box: get_search_results searches the prompt's full-text index.
     search_fields = ("req_params__prompt",)
     search_help_text = "Search prompt words (or paste a task id)."
@@ -134,7 +140,7 @@ class TaskAdmin(admin.ModelAdmin):
                 )
             },
         ),
-        ("Result", {"fields": ("output_images", "seeds")}),
+        ("Result", {"fields": ("kind", "output_images", "seeds", "text")}),
         ("Request", {"fields": ("prompt_full", "negative_prompt", "parameters")}),
         ("Webhook", {"fields": ("webhook_url",)}),
     )
@@ -151,6 +157,8 @@ class TaskAdmin(admin.ModelAdmin):
         "error_text",
         "output_images",
         "seeds",
+        "kind",
+        "text",
         "prompt_full",
         "negative_prompt",
         "parameters",

@@ -14,6 +14,14 @@ class TaskStatus(models.TextChoices):
     CANCELED = "canceled", "canceled"
 
 
+class TaskKind(models.TextChoices):
+    """What a task does: generate images, or one of the image tools."""
+
+    GENERATE = "generate", "generate"
+    DESCRIBE = "describe", "describe image"
+    MASK = "mask", "generate mask"
+
+
 ENDED_STATUSES: tuple[str, ...] = (
     TaskStatus.FINISHED,
     TaskStatus.FAILED,
@@ -49,6 +57,9 @@ class Task(models.Model):
     # the row, so the admin filters on them through an index instead of reading every JSON.
     model_name = models.CharField(max_length=255, blank=True, default="")
     performance = models.CharField(max_length=64, blank=True, default="")
+    kind = models.CharField(max_length=16, choices=TaskKind.choices, default=TaskKind.GENERATE)
+    # The answer of a describe-image task (the other kinds answer with files in ``result``).
+    text = models.TextField(blank=True, default="")
 
     class Meta:
         ordering = ["-id"]
@@ -81,6 +92,10 @@ class Task(models.Model):
                 name="task_status_valid",
             ),
             models.CheckConstraint(condition=models.Q(progress__lte=100), name="task_progress_pct"),
+            models.CheckConstraint(
+                condition=models.Q(kind__in=[choice.value for choice in TaskKind]),
+                name="task_kind_valid",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -16,7 +16,14 @@ from django.utils import timezone
 
 from history.admin_counts import history_changed
 from history.files import output_files_delete
-from history.models import ENDED_STATUSES, Task, TaskStatus, WebhookDelivery, WorkerHeartbeat
+from history.models import (
+    ENDED_STATUSES,
+    Task,
+    TaskKind,
+    TaskStatus,
+    WebhookDelivery,
+    WorkerHeartbeat,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +85,7 @@ def task_create(
     api_key: str = "",
     key_queue_limit: int = 0,
     on_commit: Callable[[Task], None] | None = None,
+    kind: str = TaskKind.GENERATE,
 ) -> Task:
     """Queue a new task. Refuses with :class:`QueueFullError` when ``queue_limit`` tasks wait.
 
@@ -102,6 +110,7 @@ def task_create(
             api_key=api_key,
             created_at=timezone.now(),
             **indexed_columns(req_params),
+            kind=kind,
         )
         if on_commit is not None:
             transaction.on_commit(lambda: on_commit(task))
@@ -155,6 +164,13 @@ def task_add_image(*, task: Task, relative_path: str, seed: int, worker: str | N
         row.seeds = [*row.seeds, seed]
         row.save(update_fields=["result", "seeds"])
     task.result, task.seeds = row.result, row.seeds
+
+
+def task_set_text(*, task: Task, text: str, worker: str | None = None) -> None:
+    """Record a describe task's answer (fenced on ``worker`` like :func:`task_add_image`)."""
+    if not _held(task, worker).update(text=text):
+        raise TaskLostError(task.task_id)
+    task.text = text
 
 
 def task_finish(*, task: Task, status: str, error: str = "", worker: str | None = None) -> Task:

@@ -46,6 +46,7 @@ from engine.demo.image_prompts import (
     write_tiny_ip_adapter,
     write_tiny_ip_negative,
 )
+from engine.demo.tools import tool_writers
 from engine.models import checkpoint_keys as keys
 from engine.models.components import (
     SDXL_CONFIG_DIR,
@@ -366,12 +367,17 @@ def create_demo_models(models_dir: Path, *, overwrite: bool = False) -> list[Pat
         / (Path(CLIP_VISION_FILE).stem + SIDECAR_SUFFIX),
     }
     lora_paths = [models_dir / "loras" / name for name in DEMO_LORAS]
+    tools = tool_writers(models_dir)
     todo = [p for p in (*paths.values(), *lora_paths) if overwrite or not p.exists()]
     # fork_rng: the seeding below must not change the caller's random stream.
     if todo:
         with torch.random.fork_rng(devices=[]):
             _write(models_dir, paths, todo)
-    return [*paths.values(), *lora_paths]
+    for path, write in tools.items():
+        if overwrite or not path.exists():
+            with torch.random.fork_rng(devices=[]):
+                _atomic(path, write)
+    return [*paths.values(), *lora_paths, *tools]
 
 
 def _write(models_dir: Path, paths: dict[str, Path], todo: list[Path]) -> None:

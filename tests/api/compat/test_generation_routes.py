@@ -486,24 +486,33 @@ def test_json_routes_refuse_bodies_that_are_not_objects(server: LiveServer, body
     assert task_count(server) == before
 
 
-def test_image_enhance_is_a_clear_501_on_both_generations(server: LiveServer) -> None:
-    before = task_count(server)
+def test_image_enhance_runs_on_both_generations(server: LiveServer) -> None:
+    """Fooocus-API's enhance routes: a region found by a mask model is inpainted, Fooocus-API's
+    own defaults (Vary (Strong) first, only the final image kept) apply, one result per route."""
+    tab = {"enhance_enabled": True, "enhance_mask_model": "u2net", "enhance_prompt": "a hat"}
     v1 = post_form(
         server,
         "/v1/generation/image-enhance",
-        {"prompt": "x"},
+        {
+            **LIGHTNING,
+            "enhance_enabled_1": "true",
+            "enhance_mask_model_1": "u2net",
+            "enhance_prompt_1": "a hat",
+        },
         {"enhance_input_image": png_bytes()},
     )
     v2 = post_json(
         server,
         "/v2/generation/image-enhance",
-        {"enhance_input_image": b64(png_bytes()), "enhance_ctrlnets": []},
+        {**LIGHTNING, "enhance_input_image": b64(png_bytes()), "enhance_ctrlnets": [tab]},
     )
     for response in (v1, v2):
-        assert response.status_code == 501
-        assert "enhance" in response.json()["detail"]
-        assert "not implemented" in response.json()["detail"]
-    assert task_count(server) == before
+        assert response.status_code == 200, response.text
+        results = response.json()
+        assert len(results) == 1
+        assert results[0]["finish_reason"] == "SUCCESS"
+        image = Image.open(io.BytesIO(requests.get(results[0]["url"], timeout=10).content))
+        assert image.size[0] > 0
 
 
 def test_require_base64_in_async_results(server: LiveServer) -> None:

@@ -11,7 +11,7 @@ from django.utils.datastructures import MultiValueDict
 from rest_framework.exceptions import ValidationError
 
 from generation.compat.fields import ROUTES
-from generation.compat.translate import FeatureNotImplemented, form_data, translate
+from generation.compat.translate import form_data, translate
 from generation.unsupported import UNSUPPORTED_FIELDS, unsupported_field_errors
 
 
@@ -101,39 +101,25 @@ def test_translation_errors_name_the_client_field(
     assert field in caught.value.detail
 
 
-def test_enhance_routes_are_not_implemented() -> None:
-    for version in (1, 2):
-        with pytest.raises(FeatureNotImplemented, match="enhance"):
-            translate(ROUTES[(version, "image-enhance")], {})
-
-
 def test_unsupported_fields_refuse_only_values_that_would_change_the_result() -> None:
     defaults = {name: default for name, (default, _feature) in UNSUPPORTED_FIELDS.items()}
     assert unsupported_field_errors(defaults) == {}
-    assert (
-        unsupported_field_errors({"enhance_checkbox": "false", "dino_erode_or_dilate": "0"}) == {}
-    )
-    assert unsupported_field_errors({"enhance_input_image": "none"}) == {}
+    assert unsupported_field_errors({"inpaint_advanced_masking_checkbox": "false"}) == {}
     # FooocusAPI sets the masking checkbox exactly when a mask is uploaded.
     with_mask = {"inpaint_advanced_masking_checkbox": True, "inpaint_mask_image_upload": "abc"}
     assert unsupported_field_errors(with_mask) == {}
+    # Enhance is implemented: its fields are no longer refused, whatever their values.
     errors = unsupported_field_errors(
         {
             "inpaint_advanced_masking_checkbox": True,
             "dino_erode_or_dilate": 3,
-            "enhance_ctrls": [{}],
+            "enhance_ctrls": [{"enhance_enabled": True}],
         }
     )
-    assert sorted(errors) == ["dino_erode_or_dilate", "inpaint_advanced_masking_checkbox"]
+    assert sorted(errors) == ["inpaint_advanced_masking_checkbox"]
 
 
-def test_enhance_forms_are_translated_once_enhance_leaves_the_unsupported_list(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from generation import unsupported
-
-    for name in [n for n, (_d, feature) in UNSUPPORTED_FIELDS.items() if feature == "enhance"]:
-        monkeypatch.delitem(unsupported.UNSUPPORTED_FIELDS, name)
+def test_enhance_forms_are_translated() -> None:
     post = QueryDict(mutable=True)
     post.update(
         {"enhance_enabled_1": "true", "enhance_mask_dino_prompt_1": "face", "enhance_prompt_3": "x"}

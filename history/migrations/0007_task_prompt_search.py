@@ -59,7 +59,7 @@ def _run(statements: dict[str, list[str]]) -> Any:
 
 
 class Migration(migrations.Migration):
-    dependencies = [("history", "0005_task_fill_indexed_columns")]
+    dependencies = [("history", "0006_task_kind")]
 
     operations = [
         migrations.RunPython(
