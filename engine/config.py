@@ -39,6 +39,14 @@ class EngineConfig:
     wildcards_dir: Path | None = None
     """Folder of ``<name>.txt`` wildcard files (searched recursively); None means the
     ``wildcards`` folder beside ``styles_dir``."""
+    vram: str | None = None
+    """Memory level ``auto|high|normal|low|none`` (see :mod:`engine.memory`); None reads
+    ``FOOOCUS_VRAM`` (default ``auto``)."""
+    vram_budget: int | None = None
+    """Device bytes the engine may use; None measures the free memory at start. Set on a CPU
+    engine it makes the memory plan act as on a device of that size (for tests)."""
+    compile: bool | None = None
+    """Compile the UNet with torch.compile (warmed up at start); None reads ``FOOOCUS_COMPILE``."""
 
     @property
     def wildcards_path(self) -> Path:

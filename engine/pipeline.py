@@ -17,6 +17,15 @@ from engine.image_prompts.slots import FIELD as IMAGE_PROMPT_FIELD
 from engine.image_prompts.slots import ImagePromptModels, required_files, resolve_slots
 from engine.inpaint.mask import prepare_mask
 from engine.inpaint.patch import INPAINT_FOLDER, INPAINT_HEAD_FILE, INPAINT_PATCH_FILES
+from engine.memory import (
+    DevicePlacer,
+    OutOfMemoryError,
+    env_level,
+    free_device_memory,
+    is_out_of_memory,
+    modules_in,
+    release_memory,
+)
 from engine.models.source import Message, ModelSource
 from engine.options import (
     DEFAULT_VAE,
@@ -66,12 +75,18 @@ class Engine:
 
     def __init__(self, config: EngineConfig, *, manager: ModelSource | None = None) -> None:
         self.config = config
-        self.device = pick_device(config.device)
+        requested = config.vram or env_level()
+        # "none" keeps every model in system memory and computes on the CPU.
+        self.device = pick_device("cpu" if requested == "none" else config.device)
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        budget = config.vram_budget
+        if budget is None:
+            budget = free_device_memory(self.device)  # measured once, at start (Fooocus too)
+        self.placer = DevicePlacer(self.device, requested, budget)
         if manager is None:
             from engine.models.manager import ModelManager
 
-            manager = ModelManager(config, self.device, self.dtype)
+            manager = ModelManager(config, self.device, self.dtype, self.placer)
         self.manager: ModelSource = manager
         self.style_library = StyleLibrary.from_folder(config.styles_dir)
         self.wildcards = Wildcards(config.wildcards_path)
@@ -242,6 +257,7 @@ class Engine:
         if self._expansion is None:
             paths = [self.manager.require(EXPANSION_FOLDER, n, on_message) for n in EXPANSION_FILES]
             self._expansion = PromptExpansion(paths[0].parent, self.device, self.dtype)
+            self.placer.register("expansion", modules_in(self._expansion))
         return self._expansion
 
     def safety_filter(self, on_message: Message | None = None) -> SafetyFilter:
@@ -252,6 +268,7 @@ class Engine:
                 self._safety = SafetyFilter(path, self.device, self.dtype)
             except ValueError as exc:
                 raise EngineInputError("black_out_nsfw", str(exc)) from exc
+            self.placer.register("safety", modules_in(self._safety))
         return self._safety
 
     def upscaler(self, on_message: Message | None = None) -> Upscaler:
@@ -262,6 +279,7 @@ class Engine:
                 self._upscaler = Upscaler(path, self.device)
             except UpscalerFormatError as exc:
                 raise EngineInputError("uov_method", str(exc)) from exc
+            self.placer.register("upscaler", modules_in(self._upscaler))
         return self._upscaler
 
     def image_prompt_models(self, on_message: Message | None = None) -> ImagePromptModels:
@@ -289,13 +307,36 @@ class Engine:
         so far with ``stopped=True``; "skip" drops the current image and goes on.
         """
         self.check(request)
-        return RequestRun(self.resources(), request, on_event, should_stop).execute()
+        try:
+            return RequestRun(self.resources(), request, on_event, should_stop).execute()
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            level = self.placer.plan.level if self.placer.plan else self.placer.requested
+            failure = OutOfMemoryError(level, f"on {self.device} ({exc.__class__.__name__})")
+        # Outside the except block the traceback (and the tensors its frames hold) is gone.
+        self.placer.offload_all()
+        release_memory()
+        raise failure
+
+    def clean_vram(self) -> None:
+        """Free every cached model (base, refiner, helper models) and the device cache.
+
+        The next request loads what it needs again; settings and libraries stay.
+        """
+        clear = getattr(self.manager, "clear", None)
+        if clear is not None:
+            clear()
+        self._expansion = self._safety = self._upscaler = None
+        self._image_prompt_models = None
+        self.placer.clear()
 
     def resources(self) -> RunResources:
         """What one request's run may use: the models, the prompt libraries and the lazily loaded
         helper models (loaded once, kept for later requests)."""
         return RunResources(
             models=self.manager,
+            placer=self.placer,
             hasher=self.hasher,
             style_library=self.style_library,
             wildcards=self.wildcards,

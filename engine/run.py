@@ -22,6 +22,7 @@ from engine.image_prompts.slots import ImagePromptAddOns, build_add_ons, preproc
 from engine.imaging import crop_to_multiple
 from engine.inpaint.mask import inpaint_prompt
 from engine.inpaint.run import InpaintRun
+from engine.memory import UNET, DevicePlacer
 from engine.models.components import SDXLComponents
 from engine.options import NO_MODEL
 from engine.output.image_metadata import image_metadata, model_hashes
@@ -102,6 +103,7 @@ class RunResources:
     """
 
     models: ModelSource
+    placer: DevicePlacer
     hasher: FileHasher
     style_library: StyleLibrary
     wildcards: Wildcards
@@ -242,7 +244,11 @@ class RequestRun:
         self.report(LOADING_PROGRESS, "VAE encoding ...")
         with torch.inference_mode():
             self.init_latent = encode_to_latent(
-                components, image, tiled=prepared.tiled, latent_format=self.latent_format
+                components,
+                image,
+                tiled=prepared.tiled,
+                latent_format=self.latent_format,
+                plan=self.resources.placer.plan,
             )
         width, height = image.size
         self.request = dataclasses.replace(request, width=width, height=height)
@@ -325,7 +331,7 @@ class RequestRun:
             positive = encoder.encode(task.positive, task.pooled_count)
             negative = encoder.encode(task.negative) if use_cfg else None
             x = self._initial_latent(seed, sigmas[0], schedule.sigma_max)
-            x = x.to(components.unet.device)
+            x = x.to(self.resources.placer.device)
             try:
                 latent = self._sample(
                     (components, refiner), schedule, sigmas, (positive, negative), x, seed, index
@@ -335,7 +341,11 @@ class RequestRun:
             except TaskStopped:
                 return EngineResult(tuple(self.images), stopped=True)
             image = decode_latent(
-                components, latent, tiled=self.tiled_vae, latent_format=self.latent_format
+                components,
+                latent,
+                tiled=self.tiled_vae,
+                latent_format=self.latent_format,
+                plan=self.resources.placer.plan,
             )
             if self.inpaint is not None:
                 image = self.inpaint.paste_back(image, components.native_size)
@@ -397,6 +407,12 @@ class RequestRun:
         request, plan = self.request, self.plan
         components, refiner = models
         steps = len(sigmas) - 1
+        placer = self.resources.placer
+        rows = x.shape[0] * (1 if conds[1] is None else 2)
+        placer.check_fits(rows, x.shape[-2], x.shape[-1], refiner=refiner is not None)
+        # Back on the device if the refiner's (or a text encoder's) turn moved it out, with room
+        # for the UNet's working memory.
+        placer.ensure(UNET, placer.sizes().unet_work(rows, x.shape[-2], x.shape[-1]))
         # Image prompts act on the base model only, never on the refiner (§14.13).
         add_ons = tuple(a for a in (self.add_ons.controls, self.add_ons.prompts) if a is not None)
         base = self._denoiser(components, schedule, conds, add_ons)

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from engine.models.components import SDXLComponents
 from engine.config import MODEL_FOLDERS, EngineConfig
+from engine.memory import REFINER, TEXT_ENCODERS, UNET, VAE, DevicePlacer, release_memory
+from engine.models.components import SDXLComponents
 from engine.models.downloads import DownloadError, download_file
 from engine.models.loading import SIDECAR_SUFFIX, CheckpointFormatError, load_checkpoint, load_vae
 from engine.models.lora import LoraPatcher
@@ -57,10 +58,19 @@ class _LoadedBase:
 class ModelManager:
     """Finds, downloads, loads and caches the models of one engine on one device."""
 
-    def __init__(self, config: EngineConfig, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        device: torch.device,
+        dtype: torch.dtype,
+        placer: DevicePlacer | None = None,
+    ) -> None:
         self.config = config
         self.device = device
         self.dtype = dtype
+        # Where each loaded module lives (resident, moved in while used, streamed): the memory
+        # plan. Without one every module stays on ``device``, as a "high" plan would have it.
+        self.placer = placer or DevicePlacer(device, "high" if device.type == "cuda" else "none")
         # The SDXL VAE overflows in float16; bfloat16 keeps its range (Fooocus does the same).
         # The CPU gains nothing from half precision there, so it keeps float32.
         use_full = device.type == "cpu" or dtype == torch.float32
@@ -197,10 +207,11 @@ class ModelManager:
         mtime_ns = path.stat().st_mtime_ns
         if refiner is None or refiner.name != name or refiner.mtime_ns != mtime_ns:
             self._refiner = None
+            self.placer.forget(REFINER)
             gc.collect()
             report(f"Loading refiner {name} ...")
             try:
-                refiner = self._refiner = self._load_base(name, path, mtime_ns)
+                refiner = self._refiner = self._load_base(name, path, mtime_ns, refiner=True)
             except EngineInputError as exc:
                 raise EngineInputError("refiner_model_name", exc.message) from exc
         try:
@@ -210,20 +221,23 @@ class ModelManager:
             refiner.patcher.apply([])
         return refiner.view
 
-    def _load_base(self, name: str, path: Path, mtime_ns: int) -> _LoadedBase:
+    def _load_base(
+        self, name: str, path: Path, mtime_ns: int, *, refiner: bool = False
+    ) -> _LoadedBase:
         try:
             components = load_checkpoint(path, self.dtype, self.vae_dtype)
         except CheckpointFormatError as exc:
             raise EngineInputError("base_model_name", f"cannot load {name}: {exc}") from exc
-        modules: tuple[torch.nn.Module | None, ...] = (
-            components.unet,
-            components.text_encoder,
-            components.text_encoder_2,
-            components.vae,
-        )
-        for module in modules:
-            if module is not None:
-                module.to(self.device)
+        placer = self.placer
+        if refiner:
+            # Only the refiner's UNet runs: its conditioning comes from the base's text encoders
+            # and its latents are decoded by the base's VAE, so the rest stays in system memory.
+            placer.register(REFINER, [components.unet])
+        else:
+            placer.configure_for(components.unet)
+            placer.register(UNET, [components.unet])
+            placer.register(TEXT_ENCODERS, [components.text_encoder, components.text_encoder_2])
+            placer.register(VAE, [components.vae])
         components.name = name
         return _LoadedBase(
             name, mtime_ns, components, LoraPatcher(components), DEFAULT_VAE, components
@@ -234,21 +248,24 @@ class ModelManager:
     ) -> None:
         if path is None:
             base.view, base.vae_name = base.components, DEFAULT_VAE
+            self.placer.register(VAE, [base.components.vae])
             return
         report(f"Loading VAE {vae_name} ...")
         base.view = base.components  # drop the previous custom VAE before loading the next
+        self.placer.register(VAE, [base.components.vae])
         try:
             vae = load_vae(path, base.components.vae.config, self.vae_dtype)
         except CheckpointFormatError as exc:
             base.vae_name = DEFAULT_VAE
             raise EngineInputError("vae_name", f"cannot load VAE {vae_name}: {exc}") from exc
-        base.view = dataclasses.replace(base.components, vae=vae.to(self.device))
+        base.view = dataclasses.replace(base.components, vae=vae)
+        self.placer.register(VAE, [vae])
         base.vae_name = vae_name
 
     def clear(self) -> None:
         """Drop every loaded model and give the memory back (CUDA cache included)."""
         self._base = None
         self._refiner = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        for name in (UNET, TEXT_ENCODERS, VAE, REFINER):
+            self.placer.forget(name)
+        release_memory()
