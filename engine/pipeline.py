@@ -319,6 +319,23 @@ class Engine:
         release_memory()
         raise failure
 
+    def warm_up(self, base_model_name: str, width: int = 0, height: int = 0) -> None:
+        """Run one short generation so that loading (and with FOOOCUS_COMPILE, compiling the
+        UNet for this size) happens before the first task; ``width``/``height`` default to the
+        model's native size. Files that are missing are not downloaded for it."""
+        components = self.manager.load_base(base_model_name)
+        native = components.native_size
+        request = EngineRequest(
+            base_model_name=base_model_name,
+            prompt="warm-up",
+            width=width or native,
+            height=height or native,
+            overwrite_step=2,
+            sampler_name="euler",
+            disable_preview=True,
+        )
+        self.generate(request)
+
     def clean_vram(self) -> None:
         """Free every cached model (base, refiner, helper models) and the device cache.
 
@@ -345,4 +362,9 @@ class Engine:
             image_prompt_models=self.image_prompt_models,
             upscaler=self.upscaler,
             safety_filter=self.safety_filter,
+            batch_images=(
+                self.device.type == "cuda"
+                if self.config.batch_images is None
+                else self.config.batch_images
+            ),
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,16 @@ REQUEST_FIELDS: dict[str, str] = {
     "loras": "loras",
     "vae": "vae_name",
 }
+
+
+COMPILE_ENV = "FOOOCUS_COMPILE"
+
+
+def compile_enabled(config: EngineConfig) -> bool:
+    """``config.compile``, else ``FOOOCUS_COMPILE`` (1/true/yes/on)."""
+    if config.compile is not None:
+        return config.compile
+    return os.environ.get(COMPILE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _ignore(_message: str) -> None:
@@ -71,6 +82,7 @@ class ModelManager:
         # Where each loaded module lives (resident, moved in while used, streamed): the memory
         # plan. Without one every module stays on ``device``, as a "high" plan would have it.
         self.placer = placer or DevicePlacer(device, "high" if device.type == "cuda" else "none")
+        self.compile = compile_enabled(config)
         # The SDXL VAE overflows in float16; bfloat16 keeps its range (Fooocus does the same).
         # The CPU gains nothing from half precision there, so it keeps float32.
         use_full = device.type == "cpu" or dtype == torch.float32
@@ -229,6 +241,11 @@ class ModelManager:
         except CheckpointFormatError as exc:
             raise EngineInputError("base_model_name", f"cannot load {name}: {exc}") from exc
         placer = self.placer
+        if self.device.type == "cuda":
+            # NHWC suits the tensor cores' convolutions in half precision (cuDNN picks NHWC
+            # kernels); the attention layers are diffusers' default SDPA processors.
+            components.unet.to(memory_format=torch.channels_last)
+            components.vae.to(memory_format=torch.channels_last)
         if refiner:
             # Only the refiner's UNet runs: its conditioning comes from the base's text encoders
             # and its latents are decoded by the base's VAE, so the rest stays in system memory.
@@ -238,6 +255,10 @@ class ModelManager:
             placer.register(UNET, [components.unet])
             placer.register(TEXT_ENCODERS, [components.text_encoder, components.text_encoder_2])
             placer.register(VAE, [components.vae])
+        if self.compile and placer.placement_of(REFINER if refiner else UNET) != "streamed":
+            # In place, so the module keeps its attributes; one graph per input shape
+            # (dynamic=False): a new size compiles once, then every step reuses it.
+            components.unet.compile(dynamic=False)
         components.name = name
         return _LoadedBase(
             name, mtime_ns, components, LoraPatcher(components), DEFAULT_VAE, components
