@@ -50,6 +50,11 @@ def compile_enabled(config: EngineConfig) -> bool:
     return os.environ.get(COMPILE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def compile_backend() -> str:
+    """``FOOOCUS_COMPILE_BACKEND`` (default inductor; e.g. aot_eager to trace without codegen)."""
+    return os.environ.get(COMPILE_ENV + "_BACKEND", "").strip() or "inductor"
+
+
 def _ignore(_message: str) -> None:
     pass
 
@@ -258,7 +263,7 @@ class ModelManager:
         if self.compile and placer.placement_of(REFINER if refiner else UNET) != "streamed":
             # In place, so the module keeps its attributes; one graph per input shape
             # (dynamic=False): a new size compiles once, then every step reuses it.
-            components.unet.compile(dynamic=False)
+            components.unet.compile(dynamic=False, backend=compile_backend())
         components.name = name
         return _LoadedBase(
             name, mtime_ns, components, LoraPatcher(components), DEFAULT_VAE, components
