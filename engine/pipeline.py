@@ -10,8 +10,11 @@ through the caller's callbacks; the engine never learns who listens.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Sequence
+
 import torch
 
+from engine.batch import BatchItem, batch_key, run_together
 from engine.config import EngineConfig
 from engine.image_prompts.slots import FIELD as IMAGE_PROMPT_FIELD
 from engine.image_prompts.slots import ImagePromptModels, required_files, resolve_slots
@@ -46,6 +49,7 @@ from engine.prompts.syntax import Wildcards
 from engine.run import RequestRun, RunResources
 from engine.sampling import check_scheduler, get_sampler
 from engine.types import (
+    EngineError,
     EngineInputError,
     EngineRequest,
     EngineResult,
@@ -307,8 +311,46 @@ class Engine:
         so far with ``stopped=True``; "skip" drops the current image and goes on.
         """
         self.check(request)
+        run = RequestRun(self.resources(), request, on_event, should_stop)
+        return self._guarded(lambda: [run.execute()])[0]
+
+    def generate_many(self, items: Sequence[BatchItem]) -> list[EngineResult | EngineError]:
+        """Generate several requests, sampling those that share a batch key together
+        (:mod:`engine.batch`); each keeps its own events, stop/skip and result. A request that
+        fails (a bad field, out of memory) gets its EngineError in its place; the others run."""
+        results: list[EngineResult | EngineError | None] = [None] * len(items)
+        groups: dict[Hashable, list[int]] = {}
+        for k, item in enumerate(items):
+            try:
+                self.check(item.request)
+            except EngineError as exc:
+                results[k] = exc
+                continue
+            run = RequestRun(self.resources(), item.request, item.on_event, item.should_stop)
+            key = batch_key(run)
+            groups.setdefault(("alone", k) if key is None else key, []).append(k)
+        for members in groups.values():
+            chosen = [items[k] for k in members]
+            try:
+                outs: list[EngineResult | EngineError] = list(self._run_group(chosen))
+            except EngineError as exc:
+                outs = [exc] * len(members)
+            for k, out in zip(members, outs, strict=True):
+                results[k] = out
+        return [r for r in results if r is not None]
+
+    def _run_group(self, chosen: list[BatchItem]) -> list[EngineResult]:
+        if len(chosen) > 1:
+            return self._guarded(lambda: run_together(self.resources(), chosen))
+        item = chosen[0]
+        run = RequestRun(self.resources(), item.request, item.on_event, item.should_stop)
+        return self._guarded(lambda: [run.execute()])
+
+    def _guarded(self, work: Callable[[], list[EngineResult]]) -> list[EngineResult]:
+        """``work()``; running out of device memory becomes OutOfMemoryError (naming the memory
+        level and what to set) after the memory is released, so the next task can run."""
         try:
-            return RequestRun(self.resources(), request, on_event, should_stop).execute()
+            return work()
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise

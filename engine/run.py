@@ -215,6 +215,11 @@ class RequestRun:
         self.report(LOADING_PROGRESS, message)
 
     def execute(self) -> EngineResult:
+        components, refiner, expand = self.load()
+        return self._execute_loaded(components, refiner, expand)
+
+    def load(self) -> tuple[SDXLComponents, SDXLComponents | None, Expand | None]:
+        """Load the base model (and refiner, prompt expansion) this request runs on."""
         request, plan = self.request, self.plan
         self.report(LOADING_PROGRESS, "Loading models ...")
         components = self.resources.models.load_base(
@@ -243,6 +248,12 @@ class RequestRun:
         if FOOOCUS_V2 in request.style_selections and plan.lines.main:
             self.report(LOADING_PROGRESS, "Loading prompt expansion ...")
             expand = self.resources.expansion_model(self._message)
+        return components, refiner, expand
+
+    def _execute_loaded(
+        self, components: SDXLComponents, refiner: SDXLComponents | None, expand: Expand | None
+    ) -> EngineResult:
+        request = self.request
         if request.inpaint_input_image is not None:
             self._prepare_inpaint(components)
             if request.debugging_inpaint_preprocessor:
@@ -554,6 +565,7 @@ class RequestRun:
         *,
         noise: NoiseSampler | None = None,
         batch: int = 1,
+        callback: StepCallback | None = None,
     ) -> torch.Tensor:
         request, plan = self.request, self.plan
         components, refiner = models
@@ -580,7 +592,7 @@ class RequestRun:
             if use_freeu
             else nullcontext()
         )
-        callback = self._step_callback(index, request.image_number, steps, batch)
+        callback = callback or self._step_callback(index, request.image_number, steps, batch)
         if self.inpaint is not None:
             callback = self.inpaint.step_callback(callback, self.steps)
             self.inpaint.start()

@@ -9,7 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine import Engine, EngineConfig, EngineEvent, EngineRequest, StopAction
+from engine import (
+    Engine,
+    EngineConfig,
+    EngineEvent,
+    EngineInputError,
+    EngineRequest,
+    EngineResult,
+    StopAction,
+)
+from engine.batch import BatchItem
 from engine.demo.writer import DEMO_CHECKPOINT
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,3 +101,62 @@ def test_skip_in_a_batch_drops_that_batch(engines: tuple[Engine, Engine]) -> Non
     result = batched.generate(replace(REQUEST, image_number=2), should_stop=skip_in_the_first_step)
     assert not result.stopped
     assert result.images == ()
+
+
+# --- several requests as one batch (FOOOCUS_BATCH_TASKS) --------------------------------------
+
+
+def _close(a: object, b: object) -> None:
+    assert (a.index, a.seed, a.metadata) == (b.index, b.seed, b.metadata)  # type: ignore[attr-defined]
+    x = np.asarray(a.image, np.int16)  # type: ignore[attr-defined]
+    y = np.asarray(b.image, np.int16)  # type: ignore[attr-defined]
+    assert np.abs(x - y).max() <= 1
+
+
+def test_batched_tasks_keep_their_own_seeds_prompts_events_and_stop(
+    engines: tuple[Engine, Engine],
+) -> None:
+    alone, batched = engines
+    cat = replace(REQUEST, prompt="a cat", seed=1, image_number=2)
+    dog = replace(REQUEST, prompt="a dog", seed=9, image_number=1)
+    tall = replace(REQUEST, prompt="a tower", height=96, image_number=1)  # another size
+    bad = replace(REQUEST, width=65)
+    expected = [alone.generate(r) for r in (cat, dog, tall)]
+    events: dict[str, list[EngineEvent]] = {"cat": [], "dog": [], "tall": [], "bad": []}
+    items = [
+        BatchItem(cat, events["cat"].append),
+        BatchItem(dog, events["dog"].append),
+        BatchItem(tall, events["tall"].append),
+        BatchItem(bad, events["bad"].append),
+    ]
+    results = batched.generate_many(items)
+    assert isinstance(results[3], EngineInputError)
+    assert results[3].field == "width"
+    for got, want in zip(results[:3], expected, strict=True):
+        assert isinstance(got, EngineResult)
+        assert len(got.images) == len(want.images)
+        for a, b in zip(got.images, want.images, strict=True):
+            _close(a, b)
+    # cat and dog shared one batch of three rows; each heard only its own images.
+    cat_steps = [e.message for e in events["cat"] if e.message.startswith("Sampling")]
+    assert cat_steps == [f"Sampling step {s}/3, images 1-2/2 ..." for s in (1, 2, 3)]
+    assert [e.image.seed for e in events["dog"] if e.image is not None] == [9]
+    assert [e.progress for e in events["dog"]] == sorted(e.progress for e in events["dog"])
+    assert events["bad"] == []
+
+    polls: list[int] = []
+
+    def dog_stops() -> StopAction | None:
+        polls.append(1)
+        return "stop" if len(polls) == 2 else None
+
+    cat_result, dog_result = batched.generate_many(
+        [BatchItem(cat), BatchItem(dog, None, dog_stops)]
+    )
+    assert isinstance(dog_result, EngineResult)
+    assert dog_result.stopped
+    assert dog_result.images == ()
+    assert isinstance(cat_result, EngineResult)
+    assert not cat_result.stopped
+    for a, b in zip(cat_result.images, expected[0].images, strict=True):
+        _close(a, b)
