@@ -245,6 +245,12 @@ class ModelManager:
             components = load_checkpoint(path, self.dtype, self.vae_dtype)
         except CheckpointFormatError as exc:
             raise EngineInputError("base_model_name", f"cannot load {name}: {exc}") from exc
+        return self._adopt(components, name, mtime_ns, refiner=refiner)
+
+    def _adopt(
+        self, components: SDXLComponents, name: str, mtime_ns: int, *, refiner: bool
+    ) -> _LoadedBase:
+        """Place freshly loaded modules as the memory plan says and keep them."""
         placer = self.placer
         if self.device.type == "cuda":
             # NHWC suits the tensor cores' convolutions in half precision (cuDNN picks NHWC
