@@ -411,8 +411,13 @@ class DevicePlacer:
 
     def register(self, name: str, modules: Iterable[torch.nn.Module | None]) -> MemoryPlan:
         """Put ``modules`` under ``name`` (replacing what it held), replan and apply the plan."""
-        self.forget(name)
         kept = [m for m in modules if m is not None]
+        held = self._modules.get(name)
+        if held is not None and [id(m) for m in held] == [id(m) for m in kept] and self.plan:
+            return self.plan  # the same modules again: already placed
+        self.forget(name)
+        if not kept:
+            return self.replan()
         self._modules[name] = kept
         self._sizes[name] = sum(module_bytes(m) for m in kept)
         return self.replan()

@@ -18,11 +18,16 @@ from PIL import Image
 
 from engine.freeu import freeu
 from engine.guidance import AdmTimeIds, FooocusDenoiser, TextConditioning, UNetAddOn
-from engine.image_prompts.slots import ImagePromptAddOns, build_add_ons, preprocessed_maps
+from engine.image_prompts.slots import (
+    ImagePromptAddOns,
+    build_add_ons,
+    preprocessed_maps,
+    resolve_slots,
+)
 from engine.imaging import crop_to_multiple
 from engine.inpaint.mask import inpaint_prompt
 from engine.inpaint.run import InpaintRun
-from engine.memory import UNET, DevicePlacer
+from engine.memory import UNET, DevicePlacer, modules_in
 from engine.models.components import SDXLComponents
 from engine.options import NO_MODEL
 from engine.output.image_metadata import image_metadata, model_hashes
@@ -266,13 +271,15 @@ class RequestRun:
             if request.debugging_cn_preprocessor:
                 return self._preprocessor_result()
             self.report(LOADING_PROGRESS, "Loading image prompts ...")
+            models = self.resources.image_prompt_models(self._message)
             self.add_ons = build_add_ons(
-                self.resources.image_prompt_models(self._message),
+                models,
                 self.request,
                 components.unet,
                 self.request.width,
                 self.request.height,
             )
+            self._place_image_prompt_models(models)
         # Loading stays outside inference mode: the manager keeps and patches weights across
         # tasks, and tensors created in inference mode could not be updated in place later.
         with ExitStack() as stack:
@@ -282,6 +289,20 @@ class RequestRun:
                 stack.enter_context(self.add_ons.prompts.installed(components.unet))
             stack.enter_context(torch.inference_mode())
             return self._generate_images(components, refiner, expand)
+
+    def _place_image_prompt_models(self, models: ImagePromptModels) -> None:
+        """Hand the image-prompt models to the memory plan (they were loaded on the device):
+        the CLIP vision tower and the IP-Adapters' resamplers are kept between requests, this
+        request's ControlNets replace the last one's. The IP-Adapters' attention weights live in
+        the UNet's processors while installed, so they go where the UNet goes."""
+        placer = self.resources.placer
+        slots = [s for s in resolve_slots(self.request) if s.weight]
+        ip_types = sorted({s.cn_type for s in slots if not s.is_control})
+        if ip_types:
+            placer.register("clip_vision", modules_in(models.encoder()))
+            placer.register("ip_adapter", [models.adapter(t).resampler for t in ip_types])
+        controls = self.add_ons.controls
+        placer.register("controlnet", [u.model for u in controls.units] if controls else [])
 
     def _super_resolve(self, image: Image.Image) -> Image.Image:
         upscaler = self.resources.upscaler(self._message)

@@ -11,10 +11,12 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from engine import Engine, EngineConfig, EngineError, EngineRequest
+from engine import Engine, EngineConfig, EngineError, EngineRequest, ImagePromptSpec
 from engine.demo.writer import DEMO_CHECKPOINT, DEMO_REFINER
 from engine.memory import (
     EXTRA_MODELS,
@@ -383,3 +385,22 @@ def test_clean_vram_frees_the_cached_models(demo_models_dir: Path, reference: li
     assert engine.placer.on_device() == ()
     assert engine.placer.sizes().total == 0
     assert _pixels(engine.generate(REQUEST)) == reference
+
+
+def test_image_prompt_models_follow_the_plan(demo_models_dir: Path) -> None:
+    array = np.zeros((48, 64, 3), np.uint8)
+    array[:, :, 0] = np.linspace(0, 255, 64)[None, :]
+    array[10:30, 20:44] = (30, 200, 90)
+    image = Image.fromarray(array)
+    request = replace(
+        REQUEST,
+        image_number=1,
+        image_prompts=(ImagePromptSpec(image, "ImagePrompt"), ImagePromptSpec(image, "PyraCanny")),
+    )
+    wanted = _pixels(_engine(demo_models_dir).generate(request))
+    engine = _engine(demo_models_dir, "normal", 3 * GIB)
+    assert _pixels(engine.generate(request)) == wanted
+    for name in ("clip_vision", "ip_adapter", "controlnet"):
+        assert engine.placer.placement_of(name) == "on_demand", name
+    # A second request reuses the tower and resampler (no new registration) and still matches.
+    assert _pixels(engine.generate(request)) == wanted
