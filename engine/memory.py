@@ -294,8 +294,8 @@ def plan_memory(
 
 def free_device_memory(device: torch.device) -> int | None:
     """Free bytes on ``device`` now (CUDA's mem_get_info; its per-process fraction cap too);
-    None for the CPU."""
-    if device.type != "cuda":
+    None for the CPU (and for CUDA on a machine without a GPU)."""
+    if device.type != "cuda" or not torch.cuda.is_available():
         return None
     free, total = torch.cuda.mem_get_info(device)
     # set_per_process_memory_fraction caps the allocator below what the driver reports.
@@ -358,6 +358,8 @@ class DevicePlacer:
             raise ValueError(f"{VRAM_ENV}={requested!r}: expected one of {', '.join(LEVELS)}")
         self.device = device
         self.requested = requested
+        if budget is None and device.type == "cuda" and torch.cuda.is_available():
+            budget = free_device_memory(device)  # a GPU always has a limit: measure it now
         self.budget = budget
         self._modules: dict[str, list[torch.nn.Module]] = {}
         self._sizes: dict[str, int] = {}
