@@ -475,6 +475,8 @@ class DevicePlacer:
                 use_stream=streams,
                 non_blocking=streams,
             )
+            if streams:
+                _bind_pinned_copies(module)
         self._placed[key] = placement
 
     def placement_of(self, name: str) -> Placement | None:
@@ -541,6 +543,19 @@ class DevicePlacer:
             self.forget(name)
         self.plan = None
         release_memory()
+
+
+def _bind_pinned_copies(module: torch.nn.Module) -> None:
+    """With CUDA streams, group offloading uploads from pinned copies it made of the weights;
+    until a group's first offload the module still holds the originals, so an in-place patch
+    made before the first forward (the LoRAs of the first task) would miss the copies. Offloading
+    every group once now makes the pinned copies the weights themselves."""
+    for part in module.modules():
+        registry = getattr(part, "_diffusers_hook", None)
+        hook = registry.get_hook("group_offloading") if registry is not None else None
+        group = getattr(hook, "group", None)
+        if group is not None and getattr(group, "cpu_param_dict", None):
+            group.offload_()
 
 
 def modules_in(obj: object) -> list[torch.nn.Module]:
