@@ -49,6 +49,17 @@ class EngineConfig:
     wildcards_dir: Path | None = None
     """Folder of ``<name>.txt`` wildcard files (searched recursively); None means the
     ``wildcards`` folder beside ``styles_dir``."""
+    vram: str | None = None
+    """Memory level ``auto|high|normal|low|none`` (see :mod:`engine.memory`); None reads
+    ``FOOOCUS_VRAM`` (default ``auto``)."""
+    vram_budget: int | None = None
+    """Device bytes the engine may use; None measures the free memory at start. Set on a CPU
+    engine it makes the memory plan act as on a device of that size (for tests)."""
+    batch_images: bool | None = None
+    """Sample a request's images together in one UNet batch (as large as the memory plan
+    allows); None means on CUDA only."""
+    compile: bool | None = None
+    """Compile the UNet with torch.compile (warmed up at start); None reads ``FOOOCUS_COMPILE``."""
 
     @property
     def wildcards_path(self) -> Path:

@@ -195,9 +195,14 @@ class FooocusDenoiser:
         self.negative_adm = negative_adm
         self.unet_calls = 0
         self.last_progress = 0.0
+        # The text side of a UNet call only changes with the ADM switch: build it once per
+        # (sides, length) instead of concatenating and copying it to the device every step
+        # (the time ids' host-to-device copy would also wait for the GPU each step).
+        self._inputs: dict[tuple[object, ...], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
-        """The guided x0 estimate of ``x`` [1, 4, h, w] at noise level ``sigma``."""
+        """The guided x0 estimate of ``x`` [B, 4, h, w] at noise level ``sigma`` (B images whose
+        conditionings are stacked in the same order, or one conditioning for all)."""
         timestep = self.schedule.timestep(sigma)
         progress = 1.0 - timestep / 999.0
         self.last_progress = progress
@@ -246,16 +251,28 @@ class FooocusDenoiser:
         dtype = self.unet_dtype
         device = x.device
         count = len(sides)
+        rows = x.shape[0]
         target = length or sides[0][0].embeds.shape[1]
-        # Repeating tokens to a common length leaves cross-attention unchanged: every key appears
-        # the same number of times, so the softmax weights per distinct key are the same.
-        embeds = torch.cat(
-            [cond.embeds.repeat(1, target // cond.embeds.shape[1], 1) for cond, _ in sides]
-        ).to(device=device, dtype=dtype)
-        pooled = torch.cat([cond.pooled for cond, _ in sides]).to(device=device, dtype=dtype)
-        time_ids = torch.tensor([list(ids) for _, ids in sides], device=device, dtype=dtype)
+        key = (target, device, rows, *((id(cond), ids) for cond, ids in sides))
+        cached = self._inputs.get(key)
+        if cached is None:
+            # Repeating tokens to a common length leaves cross-attention unchanged: every key
+            # appears the same number of times, so the softmax weights per distinct key are too.
+            # A batch of images has one conditioning row per image on each side.
+            embeds = torch.cat(
+                [
+                    cond.embeds.repeat(1, target // cond.embeds.shape[1], 1).expand(rows, -1, -1)
+                    for cond, _ in sides
+                ]
+            ).to(device=device, dtype=dtype)
+            pooled = torch.cat([cond.pooled.expand(rows, -1) for cond, _ in sides])
+            pooled = pooled.to(device=device, dtype=dtype)
+            id_rows = [list(ids) for _, ids in sides for _ in range(rows)]
+            time_ids = torch.tensor(id_rows, dtype=dtype).to(device)
+            cached = self._inputs[key] = (embeds, pooled, time_ids)
+        embeds, pooled, time_ids = cached
         scaled = (x * self.schedule.input_scale(sigma)).repeat(count, 1, 1, 1).to(dtype)
-        t = torch.full((count,), float(timestep), device=device, dtype=torch.float32)
+        t = torch.full((count * rows,), float(timestep), device=device, dtype=torch.float32)
         extra: dict[str, Any] = {}
         if self.add_ons:
             call = UNetCall(
@@ -264,7 +281,7 @@ class FooocusDenoiser:
                 embeds,
                 pooled,
                 time_ids,
-                tuple(cond is self.negative for cond, _ in sides),
+                tuple(cond is self.negative for cond, _ in sides for _ in range(rows)),
                 1.0 - timestep / 999.0,
             )
             for add_on in self.add_ons:

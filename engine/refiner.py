@@ -15,6 +15,7 @@ import torch
 from engine.guidance import FooocusDenoiser
 from engine.sampling import (
     Denoiser,
+    NoiseSampler,
     NoiseSchedule,
     StepCallback,
     build_sigmas,
@@ -63,17 +64,20 @@ def sample_with_refiner(
     callback: StepCallback,
     base_patch: AbstractContextManager[object],
     wrap: Callable[[Denoiser], Denoiser],
+    noise: NoiseSampler | None = None,
 ) -> torch.Tensor:
     """Sample ``x`` down ``sigmas`` with the base model, then the refiner (if any) from ``switch``.
 
     ``base_patch`` is held while the base model runs (FreeU patches the base UNet only, as
-    Fooocus does); ``wrap`` wraps every model the sampler calls (the inpaint blend).
+    Fooocus does); ``wrap`` wraps every model the sampler calls (the inpaint blend). ``noise``
+    replaces the noise source seeded with ``seed`` (a batch's, one seeded source per image).
     """
     base, refiner = models
     steps = len(sigmas) - 1
     if refiner is None:
         switch = steps
-    noise = make_noise(get_sampler(sampler).noise, x, sigmas, seed)
+    if noise is None:
+        noise = make_noise(get_sampler(sampler).noise, x, sigmas, seed)
     if separate and refiner is not None and switch < steps:
         with base_patch:
             x = sample(

@@ -18,26 +18,35 @@ from PIL import Image
 
 from engine.freeu import freeu
 from engine.guidance import AdmTimeIds, FooocusDenoiser, TextConditioning, UNetAddOn
-from engine.image_prompts.slots import ImagePromptAddOns, build_add_ons, preprocessed_maps
+from engine.image_prompts.slots import (
+    ImagePromptAddOns,
+    build_add_ons,
+    preprocessed_maps,
+    resolve_slots,
+)
 from engine.imaging import crop_to_multiple
 from engine.inpaint.mask import inpaint_prompt
 from engine.inpaint.run import InpaintRun
+from engine.memory import UNET, DevicePlacer, modules_in
 from engine.models.components import SDXLComponents
 from engine.options import NO_MODEL
 from engine.output.image_metadata import image_metadata, model_hashes
 from engine.output.preview import latent_preview
 from engine.plan import Plan, plan_request, refiner_switch_step
 from engine.prompts.encoding import PromptEncoder
-from engine.prompts.per_image import Expand, build_image_task
+from engine.prompts.per_image import Expand, ImageTask, build_image_task
 from engine.prompts.styles import FOOOCUS_V2
 from engine.refiner import sample_with_refiner, sampler_sigmas
 from engine.sampling import (
     PLAYGROUND_SCHEDULER,
     Denoiser,
+    NoiseSampler,
     NoiseSchedule,
     StepCallback,
+    get_sampler,
     image_seed,
     initial_noise,
+    make_noise,
     scale_initial_noise,
     schedule_for,
 )
@@ -89,6 +98,62 @@ def clip_g_part(cond: TextConditioning, width: int) -> TextConditioning:
     return TextConditioning(cond.embeds[..., -width:], cond.pooled)
 
 
+UNBATCHED_SAMPLERS = frozenset({"dpm_adaptive"})
+"""Samplers whose step sizes follow an error norm over the whole latent: a batch would change
+every image's steps, so their images run one by one."""
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """One image ready to sample: its index, seed, prompt task, encodings and start latent."""
+
+    index: int
+    seed: int
+    task: ImageTask
+    positive: TextConditioning
+    negative: TextConditioning | None
+    x: torch.Tensor
+
+
+def _stackable(group: list[_Prepared]) -> bool:
+    """Whether the group's encodings stack into one batch (same token and pooled shapes)."""
+    first = group[0]
+    return all(
+        item.positive.embeds.shape == first.positive.embeds.shape
+        and (item.negative is None) == (first.negative is None)
+        and (item.negative is None or item.negative.embeds.shape == first.negative.embeds.shape)  # type: ignore[union-attr]
+        for item in group
+    )
+
+
+def _stack(conds: list[TextConditioning | None]) -> TextConditioning:
+    kept = [c for c in conds if c is not None]
+    return TextConditioning(
+        torch.cat([c.embeds for c in kept]), torch.cat([c.pooled for c in kept])
+    )
+
+
+class _AsyncPreview:
+    """The step previews' device-to-host copies, collected only once they have finished."""
+
+    def __init__(self) -> None:
+        self._copy: torch.Tensor | None = None
+        self._done: torch.cuda.Event | None = None
+
+    def swap(self, denoised: torch.Tensor) -> torch.Tensor | None:
+        """Start copying ``denoised``; return the latest finished copy (on the CPU: this one)."""
+        if denoised.device.type != "cuda":
+            return denoised
+        ready = None
+        if self._copy is not None and self._done is not None and self._done.query():
+            ready, self._copy = self._copy, None
+        if self._copy is None:  # one copy in flight at a time
+            self._copy = denoised.detach().to("cpu", non_blocking=True)
+            self._done = torch.cuda.Event()
+            self._done.record()
+        return ready
+
+
 class _SkipImage(Exception):
     """The caller asked to skip the image being sampled."""
 
@@ -102,6 +167,7 @@ class RunResources:
     """
 
     models: ModelSource
+    placer: DevicePlacer
     hasher: FileHasher
     style_library: StyleLibrary
     wildcards: Wildcards
@@ -110,6 +176,8 @@ class RunResources:
     image_prompt_models: Callable[[Message], ImagePromptModels]
     upscaler: Callable[[Message], Upscaler]
     safety_filter: Callable[[Message], SafetyFilter]
+    batch_images: bool = False
+    """Sample the images of a request together (as the memory plan allows)."""
 
 
 class RequestRun:
@@ -152,6 +220,11 @@ class RequestRun:
         self.report(LOADING_PROGRESS, message)
 
     def execute(self) -> EngineResult:
+        components, refiner, expand = self.load()
+        return self._execute_loaded(components, refiner, expand)
+
+    def load(self) -> tuple[SDXLComponents, SDXLComponents | None, Expand | None]:
+        """Load the base model (and refiner, prompt expansion) this request runs on."""
         request, plan = self.request, self.plan
         self.report(LOADING_PROGRESS, "Loading models ...")
         components = self.resources.models.load_base(
@@ -180,6 +253,12 @@ class RequestRun:
         if FOOOCUS_V2 in request.style_selections and plan.lines.main:
             self.report(LOADING_PROGRESS, "Loading prompt expansion ...")
             expand = self.resources.expansion_model(self._message)
+        return components, refiner, expand
+
+    def _execute_loaded(
+        self, components: SDXLComponents, refiner: SDXLComponents | None, expand: Expand | None
+    ) -> EngineResult:
+        request = self.request
         if request.inpaint_input_image is not None:
             self._prepare_inpaint(components)
             if request.debugging_inpaint_preprocessor:
@@ -192,13 +271,15 @@ class RequestRun:
             if request.debugging_cn_preprocessor:
                 return self._preprocessor_result()
             self.report(LOADING_PROGRESS, "Loading image prompts ...")
+            models = self.resources.image_prompt_models(self._message)
             self.add_ons = build_add_ons(
-                self.resources.image_prompt_models(self._message),
+                models,
                 self.request,
                 components.unet,
                 self.request.width,
                 self.request.height,
             )
+            self._place_image_prompt_models(models)
         # Loading stays outside inference mode: the manager keeps and patches weights across
         # tasks, and tensors created in inference mode could not be updated in place later.
         with ExitStack() as stack:
@@ -208,6 +289,20 @@ class RequestRun:
                 stack.enter_context(self.add_ons.prompts.installed(components.unet))
             stack.enter_context(torch.inference_mode())
             return self._generate_images(components, refiner, expand)
+
+    def _place_image_prompt_models(self, models: ImagePromptModels) -> None:
+        """Hand the image-prompt models to the memory plan (they were loaded on the device):
+        the CLIP vision tower and the IP-Adapters' resamplers are kept between requests, this
+        request's ControlNets replace the last one's. The IP-Adapters' attention weights live in
+        the UNet's processors while installed, so they go where the UNet goes."""
+        placer = self.resources.placer
+        slots = [s for s in resolve_slots(self.request) if s.weight]
+        ip_types = sorted({s.cn_type for s in slots if not s.is_control})
+        if ip_types:
+            placer.register("clip_vision", modules_in(models.encoder()))
+            placer.register("ip_adapter", [models.adapter(t).resampler for t in ip_types])
+        controls = self.add_ons.controls
+        placer.register("controlnet", [u.model for u in controls.units] if controls else [])
 
     def _super_resolve(self, image: Image.Image) -> Image.Image:
         upscaler = self.resources.upscaler(self._message)
@@ -242,7 +337,11 @@ class RequestRun:
         self.report(LOADING_PROGRESS, "VAE encoding ...")
         with torch.inference_mode():
             self.init_latent = encode_to_latent(
-                components, image, tiled=prepared.tiled, latent_format=self.latent_format
+                components,
+                image,
+                tiled=prepared.tiled,
+                latent_format=self.latent_format,
+                plan=self.resources.placer.plan,
             )
         width, height = image.size
         self.request = dataclasses.replace(request, width=width, height=height)
@@ -302,54 +401,145 @@ class RequestRun:
             lambda note: self.report(self.progress, note),
         )
         count = request.image_number
-        for index in range(count):
-            seed = image_seed(request.seed, index, increment=not request.disable_seed_increment)
+        batch_size = self._batch_size()
+        use_cfg = not math.isclose(plan.guidance.guidance_scale, 1.0)
+        index = 0
+        while index < count:
             self.done_steps = index * steps
             self.report(self._step_progress(), f"Preparing task {index + 1}/{count} ...")
             action = self.poll()
             if action == "stop":
                 return EngineResult(tuple(self.images), stopped=True)
             if action == "skip":
+                index += 1
                 continue
-            task = build_image_task(
-                index=index,
-                seed=seed,
-                lines=plan.lines,
-                styles=request.style_selections,
-                library=self.resources.style_library,
-                wildcards=self.resources.wildcards,
-                in_order=request.read_wildcards_in_order,
-                expand=expand,
-            )
-            use_cfg = not math.isclose(plan.guidance.guidance_scale, 1.0)
-            positive = encoder.encode(task.positive, task.pooled_count)
-            negative = encoder.encode(task.negative) if use_cfg else None
-            x = self._initial_latent(seed, sigmas[0], schedule.sigma_max)
-            x = x.to(components.unet.device)
+            group: list[_Prepared] = []
+            for k in range(index, min(index + batch_size, count)):
+                group.append(self._prepare_image(k, encoder, expand, use_cfg, sigmas, schedule))
+                if not _stackable(group):
+                    group.pop()
+                    break
             try:
-                latent = self._sample(
-                    (components, refiner), schedule, sigmas, (positive, negative), x, seed, index
-                )
+                latents = self._sample_group(components, refiner, schedule, sigmas, group)
             except _SkipImage:
+                index += len(group)
                 continue
             except TaskStopped:
                 return EngineResult(tuple(self.images), stopped=True)
-            image = decode_latent(
-                components, latent, tiled=self.tiled_vae, latent_format=self.latent_format
-            )
-            if self.inpaint is not None:
-                image = self.inpaint.paste_back(image, components.native_size)
-            if request.black_out_nsfw:
-                self.report(self._step_progress(), "Checking for NSFW content ...")
-                image = self.resources.safety_filter(self._message)([image])[0][0]
-            hashes = model_hashes(self.resources.models, self.resources.hasher, request, plan)
-            metadata = image_metadata(request, plan, task, steps, hashes)
-            generated = GeneratedImage(index, image, seed, metadata.to_dict())
-            self.images.append(generated)
-            self.done_steps = (index + 1) * steps
-            message = f"Image {index + 1}/{count} finished"
-            self.emit(EngineEvent("image", self._step_progress(), message, image=generated))
+            for item, latent in zip(group, latents, strict=True):
+                self._finish_image(components, item, latent[None], steps, count)
+            index += len(group)
         return EngineResult(tuple(self.images))
+
+    def _batch_size(self) -> int:
+        """Images per UNet call: as many as the memory plan allows when batching is on, and only
+        for runs whose per-image state is the noise and the prompt (no inpaint blend, image
+        prompts, or adaptive step sizes that would depend on the whole batch)."""
+        request, placer = self.request, self.resources.placer
+        if not self.resources.batch_images or request.image_number < 2:
+            return 1
+        if self.inpaint is not None or self.add_ons.prompts or self.add_ons.controls:
+            return 1
+        if self.plan.sampler in UNBATCHED_SAMPLERS:
+            return 1
+        if placer.plan is None:
+            return request.image_number
+        guided = not math.isclose(self.plan.guidance.guidance_scale, 1.0)
+        h, w = request.height // LATENT_SCALE, request.width // LATENT_SCALE
+        return placer.plan.max_batch(h, w, guided=guided, wanted=request.image_number)
+
+    def _prepare_image(
+        self,
+        index: int,
+        encoder: PromptEncoder,
+        expand: Expand | None,
+        use_cfg: bool,
+        sigmas: list[float],
+        schedule: NoiseSchedule,
+    ) -> _Prepared:
+        request, plan = self.request, self.plan
+        seed = image_seed(request.seed, index, increment=not request.disable_seed_increment)
+        task = build_image_task(
+            index=index,
+            seed=seed,
+            lines=plan.lines,
+            styles=request.style_selections,
+            library=self.resources.style_library,
+            wildcards=self.resources.wildcards,
+            in_order=request.read_wildcards_in_order,
+            expand=expand,
+        )
+        positive = encoder.encode(task.positive, task.pooled_count)
+        negative = encoder.encode(task.negative) if use_cfg else None
+        x = self._initial_latent(seed, sigmas[0], schedule.sigma_max)
+        return _Prepared(index, seed, task, positive, negative, x)
+
+    def _sample_group(
+        self,
+        components: SDXLComponents,
+        refiner: SDXLComponents | None,
+        schedule: NoiseSchedule,
+        sigmas: list[float],
+        group: list[_Prepared],
+    ) -> torch.Tensor:
+        """Sample a group of images in one batch; each keeps its seed's noise and its prompt."""
+        device = self.resources.placer.device
+        first = group[0]
+        if len(group) == 1:
+            conds = (first.positive, first.negative)
+            x = first.x.to(device)
+            return self._sample(
+                (components, refiner), schedule, sigmas, conds, x, first.seed, first.index
+            )
+        positive = _stack([item.positive for item in group])
+        negative = None if first.negative is None else _stack([item.negative for item in group])
+        x = torch.cat([item.x for item in group]).to(device)
+        kind = get_sampler(self.plan.sampler).noise
+        sources = [make_noise(kind, item.x.to(device), sigmas, item.seed) for item in group]
+
+        def noise(sigma: float, sigma_next: float) -> torch.Tensor:
+            return torch.cat([source(sigma, sigma_next) for source in sources])
+
+        return self._sample(
+            (components, refiner),
+            schedule,
+            sigmas,
+            (positive, negative),
+            x,
+            first.seed,
+            first.index,
+            noise=noise,
+            batch=len(group),
+        )
+
+    def _finish_image(
+        self,
+        components: SDXLComponents,
+        item: _Prepared,
+        latent: torch.Tensor,
+        steps: int,
+        count: int,
+    ) -> None:
+        request, plan = self.request, self.plan
+        image = decode_latent(
+            components,
+            latent,
+            tiled=self.tiled_vae,
+            latent_format=self.latent_format,
+            plan=self.resources.placer.plan,
+        )
+        if self.inpaint is not None:
+            image = self.inpaint.paste_back(image, components.native_size)
+        if request.black_out_nsfw:
+            self.report(self._step_progress(), "Checking for NSFW content ...")
+            image = self.resources.safety_filter(self._message)([image])[0][0]
+        hashes = model_hashes(self.resources.models, self.resources.hasher, request, plan)
+        metadata = image_metadata(request, plan, item.task, steps, hashes)
+        generated = GeneratedImage(item.index, image, item.seed, metadata.to_dict())
+        self.images.append(generated)
+        self.done_steps = (item.index + 1) * steps
+        message = f"Image {item.index + 1}/{count} finished"
+        self.emit(EngineEvent("image", self._step_progress(), message, image=generated))
 
     def _denoiser(
         self,
@@ -393,10 +583,20 @@ class RequestRun:
         x: torch.Tensor,
         seed: int,
         index: int,
+        *,
+        noise: NoiseSampler | None = None,
+        batch: int = 1,
+        callback: StepCallback | None = None,
     ) -> torch.Tensor:
         request, plan = self.request, self.plan
         components, refiner = models
         steps = len(sigmas) - 1
+        placer = self.resources.placer
+        rows = x.shape[0] * (1 if conds[1] is None else 2)
+        placer.check_fits(rows, x.shape[-2], x.shape[-1], refiner=refiner is not None)
+        # Back on the device if the refiner's (or a text encoder's) turn moved it out, with room
+        # for the UNet's working memory.
+        placer.ensure(UNET, placer.sizes().unet_work(rows, x.shape[-2], x.shape[-1]))
         # Image prompts act on the base model only, never on the refiner (§14.13).
         add_ons = tuple(a for a in (self.add_ons.controls, self.add_ons.prompts) if a is not None)
         base = self._denoiser(components, schedule, conds, add_ons)
@@ -413,7 +613,7 @@ class RequestRun:
             if use_freeu
             else nullcontext()
         )
-        callback = self._step_callback(index, request.image_number, steps)
+        callback = callback or self._step_callback(index, request.image_number, steps, batch)
         if self.inpaint is not None:
             callback = self.inpaint.step_callback(callback, self.steps)
             self.inpaint.start()
@@ -428,6 +628,7 @@ class RequestRun:
             callback=callback,
             base_patch=patch,
             wrap=lambda model: self._blended(model, seed),
+            noise=noise,
         )
 
     def _blended(self, model: Denoiser, seed: int) -> Denoiser:
@@ -448,13 +649,21 @@ class RequestRun:
         fmt = self.latent_format
         return latent_preview(denoised if fmt is None else fmt.to_sdxl(denoised))
 
-    def _step_callback(self, index: int, count: int, steps: int) -> StepCallback:
+    def _step_callback(self, index: int, count: int, steps: int, batch: int = 1) -> StepCallback:
+        pending = _AsyncPreview()
+        images = f"image {index + 1}" if batch == 1 else f"images {index + 1}-{index + batch}"
+
         def on_step(step: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
             # dpm_adaptive and restart take more steps than asked; progress stops at the image.
             shown = min(step + 1, steps)
-            self.done_steps = index * steps + shown
-            preview = None if self.request.disable_preview else self._preview(denoised)
-            message = f"Sampling step {shown}/{steps}, image {index + 1}/{count} ..."
+            self.done_steps = index * steps + shown * batch
+            preview = None
+            if not self.request.disable_preview:
+                # On a GPU the step's x0 is copied to the host without waiting; the preview of
+                # an earlier step goes out once its copy has landed, so the loop never syncs.
+                latent = pending.swap(denoised[:1])  # the batch's first image
+                preview = None if latent is None else self._preview(latent)
+            message = f"Sampling step {shown}/{steps}, {images}/{count} ..."
             self.report(self._step_progress(), message, preview)
             action = self.poll()
             if action == "stop":

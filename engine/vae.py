@@ -6,6 +6,7 @@ side so the tiny demo model runs the same rules.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -14,6 +15,7 @@ from diffusers import AutoencoderKL
 from PIL import Image
 
 from engine.imaging import LATENT_SCALE, image_to_tensor, tensor_to_image, tiled_apply
+from engine.memory import MemoryPlan, is_out_of_memory, release_memory
 from engine.models.components import SDXLComponents
 
 # VAE tiles: 512 px with 64 px overlap for SDXL, relative to native.
@@ -89,31 +91,49 @@ class LatentFormat:
         return self.to_vae(latent) * SDXL_SCALING_FACTOR
 
 
+def _whole_or_tiled(
+    whole: Callable[[], torch.Tensor], tiles: Callable[[], torch.Tensor], tiled: bool
+) -> torch.Tensor:
+    """``tiles()`` when asked; else ``whole()``, retried tiled if the device runs out of memory."""
+    if tiled:
+        return tiles()
+    try:
+        return whole()
+    except Exception as exc:  # torch.OutOfMemoryError, or an older torch's RuntimeError
+        if not is_out_of_memory(exc):
+            raise
+    release_memory()  # outside the handler: the failed attempt's tensors are gone
+    return tiles()
+
+
 def encode_to_latent(
     components: SDXLComponents,
     image: Image.Image,
     *,
     tiled: bool = False,
     latent_format: LatentFormat | None = None,
+    plan: MemoryPlan | None = None,
 ) -> torch.Tensor:
     """VAE-encode an RGB image (sides multiples of 8) to a k-space latent [1, 4, H/8, W/8].
 
     Uses the posterior mean (deterministic; the SDXL posterior's spread is negligible).
-    ``latent_format`` defaults to the VAE's own (SDXL) one.
+    ``latent_format`` defaults to the VAE's own (SDXL) one. Tiled when asked, when ``plan`` says
+    the whole image would not fit, or after running out of memory.
     """
     vae = components.vae
     fmt = latent_format or LatentFormat.of_vae(vae)
     pixels = image_to_tensor(image) * 2.0 - 1.0
     pixels = pixels.to(device=vae.device, dtype=vae.dtype)
+    tiled = tiled or (plan is not None and plan.tile_encode(image.height, image.width))
 
     def encode(window: torch.Tensor) -> torch.Tensor:
         return vae.encode(window).latent_dist.mean
 
-    if tiled:
+    def tiles() -> torch.Tensor:
         tile, overlap = vae_tile(components.native_size)
-        latent = tiled_apply(encode, pixels, tile, overlap, Fraction(1, LATENT_SCALE))
-    else:
-        latent = encode(pixels)
+        return tiled_apply(encode, pixels, tile, overlap, Fraction(1, LATENT_SCALE))
+
+    latent = _whole_or_tiled(lambda: encode(pixels), tiles, tiled)
     return fmt.from_vae(latent.float())
 
 
@@ -123,20 +143,22 @@ def decode_latent(
     *,
     tiled: bool = False,
     latent_format: LatentFormat | None = None,
+    plan: MemoryPlan | None = None,
 ) -> Image.Image:
-    """VAE-decode one latent [1, 4, h, w] (k-space) to an RGB image; ``latent_format`` as in
-    :func:`encode_to_latent`."""
+    """VAE-decode one latent [1, 4, h, w] (k-space) to an RGB image; ``latent_format``, ``plan``
+    and the tiling as in :func:`encode_to_latent`."""
     vae = components.vae
     fmt = latent_format or LatentFormat.of_vae(vae)
     scaled = fmt.to_vae(latent.float()).to(device=vae.device, dtype=vae.dtype)
+    tiled = tiled or (plan is not None and plan.tile_decode(latent.shape[-2], latent.shape[-1]))
 
     def decode(window: torch.Tensor) -> torch.Tensor:
         return vae.decode(window).sample
 
-    if tiled:
+    def tiles() -> torch.Tensor:
         tile, overlap = vae_tile(components.native_size)
         step = LATENT_SCALE
-        pixels = tiled_apply(decode, scaled, tile // step, overlap // step, Fraction(step))
-    else:
-        pixels = decode(scaled)
+        return tiled_apply(decode, scaled, tile // step, overlap // step, Fraction(step))
+
+    pixels = _whole_or_tiled(lambda: decode(scaled), tiles, tiled)
     return tensor_to_image((pixels.float() + 1.0) / 2.0)

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from engine.models.components import SDXLComponents
 from engine.config import EngineConfig, is_model_entry, list_model_files, model_folder
+from engine.memory import REFINER, TEXT_ENCODERS, UNET, VAE, DevicePlacer, release_memory
+from engine.models.components import SDXLComponents
 from engine.models.downloads import DownloadError, download_file
 from engine.models.loading import CheckpointFormatError, load_checkpoint, load_vae
 from engine.models.lora import LoraPatcher
@@ -32,6 +34,21 @@ REQUEST_FIELDS: dict[str, str] = {
     "loras": "loras",
     "vae": "vae_name",
 }
+
+
+COMPILE_ENV = "FOOOCUS_COMPILE"
+
+
+def compile_enabled(config: EngineConfig) -> bool:
+    """``config.compile``, else ``FOOOCUS_COMPILE`` (1/true/yes/on)."""
+    if config.compile is not None:
+        return config.compile
+    return os.environ.get(COMPILE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def compile_backend() -> str:
+    """``FOOOCUS_COMPILE_BACKEND`` (default inductor; e.g. aot_eager to trace without codegen)."""
+    return os.environ.get(COMPILE_ENV + "_BACKEND", "").strip() or "inductor"
 
 
 def _ignore(_message: str) -> None:
@@ -53,10 +70,20 @@ class _LoadedBase:
 class ModelManager:
     """Finds, downloads, loads and caches the models of one engine on one device."""
 
-    def __init__(self, config: EngineConfig, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        device: torch.device,
+        dtype: torch.dtype,
+        placer: DevicePlacer | None = None,
+    ) -> None:
         self.config = config
         self.device = device
         self.dtype = dtype
+        # Where each loaded module lives (resident, moved in while used, streamed): the memory
+        # plan. Without one every module stays on ``device``, as a "high" plan would have it.
+        self.placer = placer or DevicePlacer(device, "high" if device.type == "cuda" else "none")
+        self.compile = compile_enabled(config)
         # The SDXL VAE overflows in float16; bfloat16 keeps its range (Fooocus does the same).
         # The CPU gains nothing from half precision there, so it keeps float32.
         use_full = device.type == "cpu" or dtype == torch.float32
@@ -168,10 +195,11 @@ class ModelManager:
         mtime_ns = path.stat().st_mtime_ns
         if refiner is None or refiner.name != name or refiner.mtime_ns != mtime_ns:
             self._refiner = None
+            self.placer.forget(REFINER)
             gc.collect()
             report(f"Loading refiner {name} ...")
             try:
-                refiner = self._refiner = self._load_base(name, path, mtime_ns)
+                refiner = self._refiner = self._load_base(name, path, mtime_ns, refiner=True)
             except EngineInputError as exc:
                 raise EngineInputError("refiner_model_name", exc.message) from exc
         try:
@@ -181,20 +209,38 @@ class ModelManager:
             refiner.patcher.apply([])
         return refiner.view
 
-    def _load_base(self, name: str, path: Path, mtime_ns: int) -> _LoadedBase:
+    def _load_base(
+        self, name: str, path: Path, mtime_ns: int, *, refiner: bool = False
+    ) -> _LoadedBase:
         try:
             components = load_checkpoint(path, self.dtype, self.vae_dtype)
         except CheckpointFormatError as exc:
             raise EngineInputError("base_model_name", f"cannot load {name}: {exc}") from exc
-        modules: tuple[torch.nn.Module | None, ...] = (
-            components.unet,
-            components.text_encoder,
-            components.text_encoder_2,
-            components.vae,
-        )
-        for module in modules:
-            if module is not None:
-                module.to(self.device)
+        return self._adopt(components, name, mtime_ns, refiner=refiner)
+
+    def _adopt(
+        self, components: SDXLComponents, name: str, mtime_ns: int, *, refiner: bool
+    ) -> _LoadedBase:
+        """Place freshly loaded modules as the memory plan says and keep them."""
+        placer = self.placer
+        if self.device.type == "cuda":
+            # NHWC suits the tensor cores' convolutions in half precision (cuDNN picks NHWC
+            # kernels); the attention layers are diffusers' default SDPA processors.
+            components.unet.to(memory_format=torch.channels_last)
+            components.vae.to(memory_format=torch.channels_last)
+        if refiner:
+            # Only the refiner's UNet runs: its conditioning comes from the base's text encoders
+            # and its latents are decoded by the base's VAE, so the rest stays in system memory.
+            placer.register(REFINER, [components.unet])
+        else:
+            placer.configure_for(components.unet)
+            placer.register(UNET, [components.unet])
+            placer.register(TEXT_ENCODERS, [components.text_encoder, components.text_encoder_2])
+            placer.register(VAE, [components.vae])
+        if self.compile and placer.placement_of(REFINER if refiner else UNET) != "streamed":
+            # In place, so the module keeps its attributes; one graph per input shape
+            # (dynamic=False): a new size compiles once, then every step reuses it.
+            components.unet.compile(dynamic=False, backend=compile_backend())
         components.name = name
         return _LoadedBase(
             name, mtime_ns, components, LoraPatcher(components), DEFAULT_VAE, components
@@ -205,21 +251,24 @@ class ModelManager:
     ) -> None:
         if path is None:
             base.view, base.vae_name = base.components, DEFAULT_VAE
+            self.placer.register(VAE, [base.components.vae])
             return
         report(f"Loading VAE {vae_name} ...")
         base.view = base.components  # drop the previous custom VAE before loading the next
+        self.placer.register(VAE, [base.components.vae])
         try:
             vae = load_vae(path, base.components.vae.config, self.vae_dtype)
         except CheckpointFormatError as exc:
             base.vae_name = DEFAULT_VAE
             raise EngineInputError("vae_name", f"cannot load VAE {vae_name}: {exc}") from exc
-        base.view = dataclasses.replace(base.components, vae=vae.to(self.device))
+        base.view = dataclasses.replace(base.components, vae=vae)
+        self.placer.register(VAE, [vae])
         base.vae_name = vae_name
 
     def clear(self) -> None:
         """Drop every loaded model and give the memory back (CUDA cache included)."""
         self._base = None
         self._refiner = None
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        for name in (UNET, TEXT_ENCODERS, VAE, REFINER):
+            self.placer.forget(name)
+        release_memory()
