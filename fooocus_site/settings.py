@@ -128,6 +128,24 @@ FOOOCUS_WEBHOOK_RETRIES = env_int("FOOOCUS_WEBHOOK_RETRIES", 4, minimum=1)
 FOOOCUS_WEBHOOK_BACKOFF = env_float("FOOOCUS_WEBHOOK_BACKOFF", 1.0)
 # Engine device: auto (CUDA when present), cpu, cuda, cuda:N, mps (checked at start).
 FOOOCUS_DEVICE = os.environ.get("FOOOCUS_DEVICE", "auto").strip() or "auto"
+# The engine worker's memory level, UNet compilation and task batching (engine/memory.py,
+# README "Performance"); checked at start like every other setting.
+FOOOCUS_VRAM = os.environ.get("FOOOCUS_VRAM", "auto").strip().lower() or "auto"
+if FOOOCUS_VRAM not in ("auto", "high", "normal", "low", "none"):
+    _problem(
+        "fooocus.E001", "FOOOCUS_VRAM", f"is {FOOOCUS_VRAM!r}; use auto, high, normal, low or none"
+    )
+FOOOCUS_COMPILE = env_bool("FOOOCUS_COMPILE", False)
+FOOOCUS_BATCH_TASKS = env_int("FOOOCUS_BATCH_TASKS", 1, minimum=1)
+if FOOOCUS_BATCH_TASKS > 1:
+    # Engine.generate_many batches tasks; the worker does not claim several tasks at once yet.
+    # Refused rather than silently running one task at a time.
+    _problem(
+        "fooocus.E002",
+        "FOOOCUS_BATCH_TASKS",
+        f"is {FOOOCUS_BATCH_TASKS}; batching queued tasks in the worker is not implemented yet "
+        "(only 1 is accepted)",
+    )
 # CPU threads for torch in the engine worker (0 = torch's default).
 FOOOCUS_TORCH_THREADS = env_int("FOOOCUS_TORCH_THREADS", 0, minimum=0)
 # Model files named by presets are downloaded on first use unless this is off.

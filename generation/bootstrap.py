@@ -37,7 +37,19 @@ def build_engine() -> Any:
     from engine.pipeline import Engine
     from generation.catalog import engine_config
 
-    return Engine(engine_config())
+    engine = Engine(engine_config())
+    if settings.FOOOCUS_COMPILE:
+        # Compile the UNet of the preset's model for its native size before the first task.
+        from generation.catalog import get_catalog
+
+        model = get_catalog().preset("initial").defaults.get("base_model_name")
+        if model:
+            logger.info("compiling the UNet of %s (FOOOCUS_COMPILE=1) ...", model)
+            try:
+                engine.warm_up(model)
+            except Exception:  # a missing file: the first task reports it properly
+                logger.exception("the compile warm-up failed; the first task compiles instead")
+    return engine
 
 
 class WorkerProcess:

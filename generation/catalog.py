@@ -75,6 +75,8 @@ def engine_config() -> EngineConfig:
         checksums=all_checksums(Path(settings.FOOOCUS_PRESETS_DIR)),
         device=settings.FOOOCUS_DEVICE,
         allow_downloads=settings.FOOOCUS_ALLOW_DOWNLOADS,
+        vram=settings.FOOOCUS_VRAM,
+        compile=settings.FOOOCUS_COMPILE,
     )
 
 

@@ -54,6 +54,15 @@ BAD_ENVIRONMENTS = {
             "FOOOCUS_WORKER_HEARTBEAT_SECONDS (30)",
         ],
     ),
+    "engine switches": (
+        {"FOOOCUS_VRAM": "huge", "FOOOCUS_COMPILE": "maybe", "FOOOCUS_BATCH_TASKS": "4"},
+        [
+            "(fooocus.E001) FOOOCUS_VRAM is 'huge'; use auto, high, normal, low or none",
+            "(fooocus.E001) FOOOCUS_COMPILE is 'maybe'",
+            "(fooocus.E002) FOOOCUS_BATCH_TASKS is 4; batching queued tasks in the worker is "
+            "not implemented yet",
+        ],
+    ),
     "no database name": (
         {"DATABASE_URL": "postgres://db:5432/"},
         ["(fooocus.E004) DATABASE_URL must name one database"],
