@@ -73,6 +73,20 @@ def check_webhook_target(url: str) -> None:
     )
 
 
+def clean_webhook_url(value: str | None) -> str:
+    """A request's ``webhook_url`` field: blank or null is no webhook, else a checked target.
+
+    Raises the serializer's ``ValidationError`` so the 422 names the field.
+    """
+    value = (value or "").strip()
+    if value:
+        try:
+            check_webhook_target(value)
+        except ImageInputError as exc:
+            raise serializers.ValidationError(str(exc)) from exc
+    return value
+
+
 def fetch_image_url(url: str) -> Image.Image:
     """Download an image with a timeout and a size cap, checking the target on every redirect."""
     for _ in range(MAX_REDIRECTS + 1):

@@ -15,7 +15,7 @@ from rest_framework.fields import empty
 from engine import options
 from generation import fields
 from generation.catalog import Catalog
-from generation.images import ImageInputError, ImageInputField, check_webhook_target
+from generation.images import ImageInputField, clean_webhook_url
 from generation.tools.enhance_fields import EnhanceFields, validate_enhance
 
 MAX_SEED = 2**63 - 1
@@ -247,13 +247,7 @@ class GenerateRequestSerializer(EngineDefaults, EnhanceFields):
         return value
 
     def validate_webhook_url(self, value: str | None) -> str:
-        value = (value or "").strip()
-        if value:
-            try:
-                check_webhook_target(value)
-            except ImageInputError as exc:
-                raise serializers.ValidationError(str(exc)) from exc
-        return value
+        return clean_webhook_url(value)
 
     def _prompt_length(self, value: str) -> str:
         limit = settings.FOOOCUS_MAX_PROMPT_CHARS

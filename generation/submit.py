@@ -15,7 +15,7 @@ from generation.catalog import get_catalog
 from generation.errors import RateLimited
 from generation.params import build_req_params, engine_request_from_params, validate_generate
 from history import services
-from history.models import Task
+from history.models import Task, TaskKind
 
 # What a client refused for a full queue (its own or the server's) is told to wait.
 RETRY_AFTER_SECONDS = 10
@@ -47,6 +47,22 @@ def submit_generate(
         raise ValidationError({fields.api_name(exc.field): [exc.message]}) from exc
     params = build_req_params(validated)
     params.update(extra_params or {})
+    return queue_task(params, base_url=base_url, task_id=task_id, caller=caller)
+
+
+def queue_task(
+    params: dict[str, Any],
+    *,
+    base_url: str,
+    task_id: str | None = None,
+    caller: Caller = ANONYMOUS,
+    kind: str = TaskKind.GENERATE,
+) -> Task:
+    """Write the pending row for validated ``params`` and announce it once committed.
+
+    Within the server's and the caller's queue limits: a full server queue raises
+    ``QueueFullError``, the caller's own full queue raises ``RateLimited`` (429).
+    """
     webhook_url = params.get("webhook_url") or settings.FOOOCUS_WEBHOOK_URL
     try:
         task = services.task_create(
@@ -58,6 +74,7 @@ def submit_generate(
             api_key=caller.key_id,
             key_queue_limit=queued_task_limit(caller),
             on_commit=lambda _task: wake_workers(),
+            kind=kind,
         )
     except services.KeyQueueFullError as exc:
         raise RateLimited(str(exc), retry_after=RETRY_AFTER_SECONDS) from exc

@@ -45,11 +45,12 @@ from history import selectors, services
 from history.files import resolve_input, resolve_output
 
 
-def _base(request: Request | HttpRequest) -> str:
+def request_base(request: Request | HttpRequest) -> str:
+    """The scheme and host the client reached us at (file and task URLs are built on it)."""
     return f"{request.scheme}://{request.get_host()}"
 
 
-def _scope_of(request: Request) -> str | None:
+def caller_scope(request: Request) -> str | None:
     """Which tasks the caller may see: None = all (admin), else its own key's."""
     caller = request.user
     if isinstance(caller, Caller) and caller.is_admin:
@@ -57,7 +58,8 @@ def _scope_of(request: Request) -> str | None:
     return caller.key_id if isinstance(caller, Caller) else ""
 
 
-def _query_error(serializer: TaskQuerySerializer) -> ValidationError:
+def query_error(serializer: serializers.Serializer) -> ValidationError:
+    """A 422 for a bad query string (its errors located in the query, not the body)."""
     error = ValidationError(serializer.errors)
     error.location = "query"  # type: ignore[attr-defined]
     return error
@@ -80,19 +82,19 @@ class TaskListView(APIView):
     def get(self, request: Request) -> Response:
         serializer = TaskQuerySerializer(data=request.query_params)
         if not serializer.is_valid():
-            raise _query_error(serializer)
+            raise query_error(serializer)
         query: dict[str, Any] = serializer.validated_data
         if query["action"] == "delete":
             self._require_admin(request)
             return self._delete(query)
-        base = _base(request)
+        base = request_base(request)
         body: dict[str, list[dict[str, Any]]] = {"history": [], "current": [], "pending": []}
         window: dict[str, Any] = {
             "page": query["page"],
             "page_size": query["page_size"],
             "start": query.get("start_at"),
             "end": query.get("end_at"),
-            "api_key": _scope_of(request),
+            "api_key": caller_scope(request),
         }
         if query["query"] in ("all", "history"):
             body["history"] = [
@@ -101,7 +103,7 @@ class TaskListView(APIView):
         if query["query"] in ("all", "current"):
             body["current"] = [
                 task_object(t, base=base)
-                for t in selectors.task_list_running(api_key=_scope_of(request))
+                for t in selectors.task_list_running(api_key=caller_scope(request))
             ]
         if query["query"] in ("all", "pending"):
             body["pending"] = [
@@ -118,7 +120,7 @@ class TaskListView(APIView):
         self._require_admin(request)
         serializer = TaskQuerySerializer(data={**request.query_params.dict(), "action": "delete"})
         if not serializer.is_valid():
-            raise _query_error(serializer)
+            raise query_error(serializer)
         return self._delete(serializer.validated_data)
 
     @staticmethod
@@ -140,10 +142,10 @@ class TaskDetailView(APIView):
 
     @extend_schema(responses={200: TaskObjectSerializer, 404: DetailSerializer, **COMMON_ERRORS})
     def get(self, request: Request, task_id: str) -> Response:
-        task = selectors.task_get(task_id=task_id, api_key=_scope_of(request))
+        task = selectors.task_get(task_id=task_id, api_key=caller_scope(request))
         if task is None:
             raise NotFound(f"no task {task_id}")
-        return Response(task_object(task, base=_base(request), with_deliveries=True))
+        return Response(task_object(task, base=request_base(request), with_deliveries=True))
 
 
 class TaskCancelView(APIView):
@@ -156,13 +158,15 @@ class TaskCancelView(APIView):
         responses={200: CancelResultSerializer, 404: DetailSerializer, **COMMON_ERRORS},
     )
     def post(self, request: Request, task_id: str) -> Response:
-        if selectors.task_get(task_id=task_id, api_key=_scope_of(request)) is None:
+        if selectors.task_get(task_id=task_id, api_key=caller_scope(request)) is None:
             raise NotFound(f"no task {task_id}")
         outcome = task_cancel_and_notify(task_id=task_id)
         if outcome is None:
             raise NotFound(f"no task {task_id}")
         task = selectors.task_get(task_id=task_id) or outcome.task
-        return Response({"action": outcome.action, "task": task_object(task, base=_base(request))})
+        return Response(
+            {"action": outcome.action, "task": task_object(task, base=request_base(request))}
+        )
 
 
 class EngineControlView(APIView):

@@ -131,3 +131,17 @@ def wait_for_task(server: LiveServer, task_id: str, timeout: float = 120) -> dic
     server.process.send_signal(signal.SIGUSR1)  # the server prints its threads' stacks
     time.sleep(1)
     raise TimeoutError(f"task {task_id} did not end:\n{server.log()[-6000:]}")
+
+
+def apikey(server: LiveServer, *args: str) -> str:
+    """Run ``manage.py apikey`` against the server's own database; its output, stripped."""
+    done = subprocess.run(
+        [sys.executable, "manage.py", "apikey", *args],
+        cwd=ROOT,
+        env=server.env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return done.stdout.strip()

@@ -207,6 +207,17 @@ def vae_to_original(
     return out
 
 
+def _open_clip_block_name(head: str, rest: str) -> tuple[str, int | None]:
+    """The open_clip name of a Hugging Face encoder layer's parameter ``rest`` in block ``head``.
+
+    The separate q/k/v projections land in one ``attn.in_proj_*`` at chunk 0, 1 or 2.
+    """
+    proj = re.match(r"self_attn\.([qkv])_proj\.(weight|bias)$", rest)
+    if proj:
+        return f"{head}.attn.in_proj_{proj.group(2)}", "qkv".index(proj.group(1))
+    return _join(head, _rename_head(rest, _OPEN_CLIP_LAYER)), None
+
+
 def clip_g_name(key: str) -> tuple[str, int | None]:
     """The open_clip name of a CLIPTextModelWithProjection parameter (no prefix).
 
@@ -223,11 +234,7 @@ def clip_g_name(key: str) -> tuple[str, int | None]:
     if not match:
         raise KeyError(key)
     layer, rest = match.groups()
-    head = f"transformer.resblocks.{layer}"
-    proj = re.match(r"self_attn\.([qkv])_proj\.(weight|bias)$", rest)
-    if proj:
-        return f"{head}.attn.in_proj_{proj.group(2)}", "qkv".index(proj.group(1))
-    return _join(head, _rename_head(rest, _OPEN_CLIP_LAYER)), None
+    return _open_clip_block_name(f"transformer.resblocks.{layer}", rest)
 
 
 def clip_g_to_original(
@@ -289,8 +296,4 @@ def clip_vision_open_clip_name(key: str) -> tuple[str, int | None]:
     if not match:
         raise KeyError(key)
     layer, rest = match.groups()
-    head = f"{OPEN_CLIP_VISUAL_PREFIX}transformer.resblocks.{layer}"
-    proj = re.match(r"self_attn\.([qkv])_proj\.(weight|bias)$", rest)
-    if proj:
-        return f"{head}.attn.in_proj_{proj.group(2)}", "qkv".index(proj.group(1))
-    return _join(head, _rename_head(rest, _OPEN_CLIP_LAYER)), None
+    return _open_clip_block_name(f"{OPEN_CLIP_VISUAL_PREFIX}transformer.resblocks.{layer}", rest)

@@ -17,34 +17,22 @@ from generation.access import Caller
 from generation.announce import wake_workers
 from generation.compat import presenters, schema
 from generation.events import clean_vram_request, control_request
-from generation.views import _check_signature, file_response
+from generation.views import (
+    _check_signature,
+    caller_scope,
+    file_response,
+    query_error,
+    request_base,
+)
 from history import selectors, services
 from history.files import resolve_output
 from history.models import ENDED_STATUSES, Task, TaskStatus
 
 
-def _base(request: Request) -> str:
-    return f"{request.scheme}://{request.get_host()}"
-
-
-def _scope_of(request: Request) -> str | None:
-    """None = every task (admin); otherwise the caller's own key's tasks."""
-    caller = request.user
-    if isinstance(caller, Caller) and caller.is_admin:
-        return None
-    return caller.key_id if isinstance(caller, Caller) else ""
-
-
 def _visible(request: Request) -> Any:
-    scope = _scope_of(request)
+    scope = caller_scope(request)
     tasks = Task.objects.all()
     return tasks if scope is None else tasks.filter(api_key=scope)
-
-
-def _query_error(serializer: serializers.Serializer) -> ValidationError:
-    error = ValidationError(serializer.errors)
-    error.location = "query"  # type: ignore[attr-defined]
-    return error
 
 
 class QueryJobSerializer(serializers.Serializer):
@@ -68,14 +56,18 @@ class QueryJobView(APIView):
     def get(self, request: Request) -> Response:
         serializer = QueryJobSerializer(data=request.query_params)
         if not serializer.is_valid():
-            raise _query_error(serializer)
+            raise query_error(serializer)
         query = serializer.validated_data
         task_id = presenters.task_id_of(query["job_id"])
-        task = selectors.task_get(task_id=task_id, api_key=_scope_of(request)) if task_id else None
+        task = (
+            selectors.task_get(task_id=task_id, api_key=caller_scope(request)) if task_id else None
+        )
         if task is None:
             return Response(presenters.not_found_job(), status=404)
         return Response(
-            presenters.async_job(task, _base(request), with_preview=query["require_step_preview"])
+            presenters.async_job(
+                task, request_base(request), with_preview=query["require_step_preview"]
+            )
         )
 
 
@@ -111,7 +103,7 @@ class JobHistoryView(APIView):
     def get(self, request: Request) -> Response:
         serializer = JobHistorySerializer(data=request.query_params)
         if not serializer.is_valid():
-            raise _query_error(serializer)
+            raise query_error(serializer)
         query = serializer.validated_data
         tasks = _visible(request)
         if query["job_id"]:

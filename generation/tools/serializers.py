@@ -15,7 +15,7 @@ from engine.tools.types import (
     MAX_SAM_DETECTIONS,
     SAM_MODELS,
 )
-from generation.images import ImageInputError, ImageInputField, check_webhook_target
+from generation.images import ImageInputField, clean_webhook_url
 
 
 class ToolRequestSerializer(serializers.Serializer):
@@ -32,13 +32,7 @@ class ToolRequestSerializer(serializers.Serializer):
         return value
 
     def validate_webhook_url(self, value: str | None) -> str:
-        value = (value or "").strip()
-        if value:
-            try:
-                check_webhook_target(value)
-            except ImageInputError as exc:
-                raise serializers.ValidationError(str(exc)) from exc
-        return value
+        return clean_webhook_url(value)
 
 
 class DescribeImageSerializer(ToolRequestSerializer):

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from rest_framework.exceptions import ValidationError
 
-from generation.access import ANONYMOUS, Caller, queued_task_limit
-from generation.announce import task_queued, wake_workers
-from generation.errors import RateLimited
-from generation.submit import RETRY_AFTER_SECONDS
+from generation.access import ANONYMOUS, Caller
+from generation.submit import queue_task
 from generation.tools.serializers import DescribeImageSerializer, GenerateMaskSerializer
-from history import services
 from history.files import input_image_store
 from history.models import Task, TaskKind
 
@@ -44,20 +40,4 @@ def submit_tool(
 ) -> Task:
     """Validate a describe-image or generate_mask request and queue it as a task of ``kind``."""
     params = tool_params(kind, data)
-    webhook_url = params.get("webhook_url") or settings.FOOOCUS_WEBHOOK_URL
-    try:
-        task = services.task_create(
-            task_id=task_id,
-            req_params=params,
-            webhook_url=webhook_url,
-            base_url=base_url,
-            queue_limit=settings.FOOOCUS_QUEUE_SIZE,
-            api_key=caller.key_id,
-            key_queue_limit=queued_task_limit(caller),
-            on_commit=lambda _task: wake_workers(),
-            kind=kind,
-        )
-    except services.KeyQueueFullError as exc:
-        raise RateLimited(str(exc), retry_after=RETRY_AFTER_SECONDS) from exc
-    task_queued(task)
-    return task
+    return queue_task(params, base_url=base_url, task_id=task_id, caller=caller, kind=kind)

@@ -13,8 +13,7 @@ from engine import Engine
 from engine.config import EngineConfig
 from engine.demo.writer import create_demo_models
 from engine.models.manager import ModelManager
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.engine.helpers import cpu_engine
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +48,4 @@ def engine(demo_models_dir: Path) -> Engine:
 
     Modules that test the engine on other models override it with their own ``engine``.
     """
-    config = EngineConfig(
-        models_dir=demo_models_dir, styles_dir=ROOT / "styles", device="cpu", allow_downloads=False
-    )
-    return Engine(config)
+    return cpu_engine(demo_models_dir)

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import Engine, EngineConfig, EngineError, EngineRequest, ImagePromptSpec
+from engine import Engine, EngineError, EngineRequest, ImagePromptSpec
 from engine.demo.writer import DEMO_CHECKPOINT, DEMO_REFINER
 from engine.memory import (
     EXTRA_MODELS,
@@ -36,8 +36,8 @@ from engine.memory import (
     plan_memory,
 )
 from engine.vae import decode_latent
+from tests.engine.helpers import cpu_engine
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # SDXL in fp16 (bf16 VAE): parameter counts x 2 bytes, rounded.
@@ -254,15 +254,7 @@ def test_placer_under_high_never_moves_anything_out() -> None:
 
 
 def _engine(models: Path, vram: str | None = None, budget: int | None = None) -> Engine:
-    config = EngineConfig(
-        models_dir=models,
-        styles_dir=ROOT / "styles",
-        device="cpu",
-        allow_downloads=False,
-        vram=vram,
-        vram_budget=budget,
-    )
-    return Engine(config)
+    return cpu_engine(models, vram=vram, vram_budget=budget)
 
 
 REQUEST = EngineRequest(

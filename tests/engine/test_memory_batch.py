@@ -11,7 +11,6 @@ import pytest
 
 from engine import (
     Engine,
-    EngineConfig,
     EngineEvent,
     EngineInputError,
     EngineRequest,
@@ -20,8 +19,8 @@ from engine import (
 )
 from engine.batch import BatchItem
 from engine.demo.writer import DEMO_CHECKPOINT
+from tests.engine.helpers import cpu_engine
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REQUEST = EngineRequest(
@@ -37,20 +36,12 @@ REQUEST = EngineRequest(
 )
 
 
-def _engine(models: Path, *, batch: bool) -> Engine:
-    config = EngineConfig(
-        models_dir=models,
-        styles_dir=ROOT / "styles",
-        device="cpu",
-        allow_downloads=False,
-        batch_images=batch,
-    )
-    return Engine(config)
-
-
 @pytest.fixture(scope="module")
 def engines(demo_models_dir: Path) -> tuple[Engine, Engine]:
-    return _engine(demo_models_dir, batch=False), _engine(demo_models_dir, batch=True)
+    return (
+        cpu_engine(demo_models_dir, batch_images=False),
+        cpu_engine(demo_models_dir, batch_images=True),
+    )
 
 
 @pytest.mark.parametrize("sampler", ["dpmpp_2m_sde_gpu", "euler_ancestral", "euler", "dpmpp_2m"])

@@ -12,6 +12,7 @@ import torch
 from engine import Engine, EngineConfig, EngineRequest
 from engine.demo.writer import DEMO_CHECKPOINT
 from engine.models.manager import compile_enabled
+from tests.engine.helpers import cpu_engine
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -27,17 +28,6 @@ REQUEST = EngineRequest(
     overwrite_step=3,
     disable_preview=True,
 )
-
-
-def _engine(models: Path, *, compile_unet: bool) -> Engine:
-    config = EngineConfig(
-        models_dir=models,
-        styles_dir=ROOT / "styles",
-        device="cpu",
-        allow_downloads=False,
-        compile=compile_unet,
-    )
-    return Engine(config)
 
 
 def _arrays(engine: Engine) -> list[np.ndarray]:
@@ -57,7 +47,7 @@ def test_compile_switch_reads_the_environment(
 
 @pytest.fixture(scope="module")
 def plain(demo_models_dir: Path) -> list[np.ndarray]:
-    return _arrays(_engine(demo_models_dir, compile_unet=False))
+    return _arrays(cpu_engine(demo_models_dir, compile=False))
 
 
 def test_traced_unet_makes_the_same_images(
@@ -65,7 +55,7 @@ def test_traced_unet_makes_the_same_images(
 ) -> None:
     # The graph capture and its guards without code generation: seconds, not minutes.
     monkeypatch.setenv("FOOOCUS_COMPILE_BACKEND", "aot_eager")
-    engine = _engine(demo_models_dir, compile_unet=True)
+    engine = cpu_engine(demo_models_dir, compile=True)
     engine.warm_up(DEMO_CHECKPOINT, 64, 64)
     unet = engine.manager.load_base(DEMO_CHECKPOINT).unet
     assert unet._compiled_call_impl is not None
@@ -79,7 +69,7 @@ def test_compiled_unet_makes_the_same_images(
     demo_models_dir: Path, plain: list[np.ndarray]
 ) -> None:
     # Inductor's C++ code generation for the tiny UNet: several minutes on a small CPU.
-    engine = _engine(demo_models_dir, compile_unet=True)
+    engine = cpu_engine(demo_models_dir, compile=True)
     engine.warm_up(DEMO_CHECKPOINT, 64, 64)  # compiles for 64x64 before the first task
     unet = engine.manager.load_base(DEMO_CHECKPOINT).unet
     assert unet._compiled_call_impl is not None  # compiled in place

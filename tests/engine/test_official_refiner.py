@@ -17,7 +17,7 @@ from engine.demo.writer import DEMO_CHECKPOINT, DEMO_REFINER
 from engine.models import checkpoint_keys as keys
 from engine.models.components import REFINER_CONFIG_DIR, SDXLComponents
 from engine.models.manager import ModelManager
-from tests.engine.conftest import ROOT
+from tests.engine.helpers import ROOT
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.server import ROOT, LiveServer, start_server
+from tests.server import ROOT, LiveServer, apikey, start_server
 
 ADMIN = "env-admin-key-for-tests"
 LIGHTNING = {"performance_selection": "Lightning"}
@@ -28,20 +28,6 @@ def secured(tmp_path_factory: pytest.TempPathFactory, demo_models: Path) -> Iter
     )
     yield live
     live.stop(signal.SIGTERM)
-
-
-def apikey(server: LiveServer, *args: str) -> str:
-    """Run ``manage.py apikey`` against the server's own database."""
-    done = subprocess.run(
-        [sys.executable, "manage.py", "apikey", *args],
-        cwd=ROOT,
-        env=server.env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    return done.stdout.strip()
 
 
 def call(server: LiveServer, method: str, path: str, key: str | None = None, **kw: Any) -> Any:

@@ -8,8 +8,6 @@ import base64
 import io
 import json
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -34,7 +32,7 @@ from tests.api.compat.helpers import (
     wait_job,
     wait_running,
 )
-from tests.server import ROOT, LiveServer, start_server, wait_for_task
+from tests.server import LiveServer, apikey, start_server, wait_for_task
 
 T2I = "/v1/generation/text-to-image"
 ADMIN = "compat-admin-key-for-tests"
@@ -246,19 +244,6 @@ def keyed(tmp_path_factory: pytest.TempPathFactory, demo_models: Path) -> Iterat
     )
     yield live
     live.stop(signal.SIGTERM)
-
-
-def apikey(server: LiveServer, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "manage.py", "apikey", *args],
-        cwd=ROOT,
-        env=server.env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    return done.stdout.strip()
 
 
 def call(server: LiveServer, method: str, path: str, key: str | None, **kw: Any) -> Any:

@@ -24,6 +24,7 @@ from engine.models.components import build_tiny_sdxl
 from engine.models.loading import CheckpointFormatError
 from engine.sampling import build_sigmas, sample, schedule_for
 from engine.types import ImagePromptSpec
+from tests.engine.helpers import first_image_pixels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -113,19 +114,15 @@ BASE = EngineRequest(
 )
 
 
-def pixels(engine: Engine, request: EngineRequest) -> np.ndarray:
-    return np.asarray(engine.generate(request).images[0].image, dtype=np.float64)
-
-
 @pytest.mark.parametrize("cn_type", ["PyraCanny", "CPDS"])
 def test_controlnet_changes_the_image_and_stop_zero_does_not(engine: Engine, cn_type: str) -> None:
-    plain = pixels(engine, BASE)
-    controlled = pixels(
+    plain = first_image_pixels(engine, BASE)
+    controlled = first_image_pixels(
         engine, replace(BASE, image_prompts=(ImagePromptSpec(edge_image(), cn_type),))
     )
     assert np.abs(controlled - plain).mean() > 0.5
     stopped = replace(BASE, image_prompts=(ImagePromptSpec(edge_image(), cn_type, stop=0.0),))
-    assert np.array_equal(pixels(engine, stopped), plain)
+    assert np.array_equal(first_image_pixels(engine, stopped), plain)
 
 
 def test_debugging_preprocessor_returns_the_maps(engine: Engine) -> None:

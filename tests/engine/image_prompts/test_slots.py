@@ -23,6 +23,7 @@ from engine.image_prompts.ip_adapter import (
 from engine.models.components import build_tiny_sdxl
 from engine.sampling import build_sigmas, sample, schedule_for
 from engine.types import ImagePromptSpec
+from tests.engine.helpers import first_image_pixels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -45,19 +46,17 @@ BASE = EngineRequest(
 )
 
 
-def pixels(engine: Engine, request: EngineRequest) -> np.ndarray:
-    return np.asarray(engine.generate(request).images[0].image, dtype=np.float64)
-
-
 @pytest.mark.parametrize("cn_type", ["ImagePrompt", "FaceSwap"])
 def test_image_prompt_changes_the_image_and_weight_zero_does_not(
     engine: Engine, cn_type: str
 ) -> None:
-    plain = pixels(engine, BASE)
-    prompted = pixels(engine, replace(BASE, image_prompts=(ImagePromptSpec(picture(), cn_type),)))
+    plain = first_image_pixels(engine, BASE)
+    prompted = first_image_pixels(
+        engine, replace(BASE, image_prompts=(ImagePromptSpec(picture(), cn_type),))
+    )
     assert np.abs(prompted - plain).mean() > 0.01
     zero = replace(BASE, image_prompts=(ImagePromptSpec(picture(), cn_type, weight=0.0),))
-    assert np.array_equal(pixels(engine, zero), plain)
+    assert np.array_equal(first_image_pixels(engine, zero), plain)
 
 
 def test_attention_processors_are_restored(engine: Engine) -> None:
@@ -109,9 +108,9 @@ def test_image_prompt_mixes_with_vary(engine: Engine) -> None:
         image_prompts=(ImagePromptSpec(picture(), "PyraCanny", stop=1.0),),
     )
     vary_only = replace(request, image_prompts=())
-    mixed = pixels(engine, request)
+    mixed = first_image_pixels(engine, request)
     assert mixed.shape == (56, 72, 3)  # the vary size; the hint is fitted to it
-    assert not np.array_equal(mixed, pixels(engine, vary_only))
+    assert not np.array_equal(mixed, first_image_pixels(engine, vary_only))
 
 
 def test_image_prompt_mixes_with_inpaint(engine: Engine) -> None:
@@ -125,6 +124,6 @@ def test_image_prompt_mixes_with_inpaint(engine: Engine) -> None:
         inpaint_engine="None",
         image_prompts=(ImagePromptSpec(picture(), "ImagePrompt"),),
     )
-    out = pixels(engine, request)
+    out = first_image_pixels(engine, request)
     assert out.shape == (64, 64, 3)
     assert np.array_equal(out[0], np.asarray(source, dtype=np.float64)[0])
