@@ -5,7 +5,7 @@ Each round queues ``--tasks`` compatible Lightning tasks (different prompts and 
 worker starts, then times from the worker's start until every task ended. A warm-up task loads the
 models first, so both figures exclude loading. Rounds alternate 1 and N.
 
-    .venv/bin/python bench/batch_tasks.py [--tasks 4] [--batch 4] [--rounds 3] [--size 0]
+    .venv/bin/python bench/batch_tasks.py [--tasks 4] [--batch 4] [--rounds 3] [--steps 0]
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="FOOOCUS_BATCH_TASKS to compare")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--size", type=int, default=0, help="overwrite width/height (0: preset)")
+    parser.add_argument("--steps", type=int, default=0, help="overwrite steps (0: Lightning's)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         _setup(Path(tmp))
@@ -88,6 +89,8 @@ def main() -> None:
         base: dict[str, Any] = {"performance_selection": "Lightning"}
         if args.size:
             base.update(overwrite_width=args.size, overwrite_height=args.size)
+        if args.steps:
+            base["overwrite_step"] = args.steps
         bodies = [
             {**base, "prompt": f"a lighthouse, view {k}", "image_seed": 100 + k}
             for k in range(args.tasks)

@@ -298,23 +298,34 @@ class EngineWorker:
         self.current, self.companions = runs[0], tuple(runs[1:])
         ids = [task.task_id for task in tasks]
         logger.info("tasks %s started on %s as one batch of %d", ids, self.name, len(tasks))
-        items = []
-        for run in runs:
-            self.announcer.started(run.task)
-            request = engine_request_from_params(run.task.req_params, skip_images=run.done_before)
-            items.append(BatchItem(request, self._batch_events(run), self._batch_stopper(run)))
-        outcomes: list[tuple[str, str]] = []
+        items, members = [], []
+        outcomes: dict[int, tuple[str, str]] = {}
         try:
+            for k, run in enumerate(runs):
+                self.announcer.started(run.task)
+                try:
+                    params = run.task.req_params
+                    request = engine_request_from_params(params, skip_images=run.done_before)
+                except Exception as exc:
+                    logger.exception("task %s failed", run.task.task_id)
+                    outcomes[k] = TaskStatus.FAILED, _describe_crash(exc)
+                    continue
+                items.append(BatchItem(request, self._batch_events(run), self._batch_stopper(run)))
+                members.append(k)
             try:
-                results: list[Any] = list(self.engine.generate_many(items))
+                results: list[Any] = list(self.engine.generate_many(items)) if items else []
             except Exception as exc:
                 logger.exception("batch %s failed", ids)
-                results = [exc] * len(runs)
-            for run, result in zip(runs, results, strict=True):
-                outcomes.append(self._batch_outcome(run, result))
+                results = [exc] * len(items)
+            for k, result in zip(members, results, strict=True):
+                outcomes[k] = self._batch_outcome(runs[k], result)
+        except Exception:
+            logger.exception("batch %s failed", ids)
         finally:
             self.current, self.companions = None, ()
-        for run, (status, error) in zip(runs, outcomes, strict=True):
+        for k, run in enumerate(runs):
+            # A task left without an outcome (recording its start failed) fails, never hangs.
+            status, error = outcomes.get(k, (TaskStatus.FAILED, "internal error: not run"))
             try:
                 self._end(run, status, error)
             except Exception:

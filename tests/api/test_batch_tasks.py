@@ -173,3 +173,23 @@ def test_stopping_one_task_of_a_batch_stops_only_that_one(
     assert recorder.events[dog.task_id][-1]["task_status"] == "stop"
     assert cat.status == TaskStatus.FINISHED, cat.error
     assert_same_images(cat, single, outputs)
+
+
+def test_a_task_that_fails_in_a_batch_fails_alone(
+    settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="generation.worker")
+    outputs = settings.FOOOCUS_OUTPUTS_DIR
+    (single,), _ = serve(queue(CAT), batch_tasks=1)
+    cat, dog = queue(CAT, DOG)
+    # A row stored with a format no encoder writes (as by an older version): the dog's image
+    # cannot be saved, which only shows once it was sampled in the batch.
+    Task.objects.filter(pk=dog.pk).update(req_params={**dog.req_params, "output_format": "bmp"})
+    (cat, dog), recorder = serve([cat, dog], batch_tasks=2)
+    assert len(batches(caplog)) == 1
+    assert dog.status == TaskStatus.FAILED
+    assert "unknown output format 'bmp'" in dog.error
+    assert dog.result == []
+    assert recorder.events[dog.task_id][-1]["task_status"] == "failed"
+    assert cat.status == TaskStatus.FINISHED, cat.error
+    assert_same_images(cat, single, outputs)
