@@ -80,9 +80,7 @@ class Heartbeat:
     def _loop(self) -> None:
         while not self._stop.wait(settings.FOOOCUS_WORKER_HEARTBEAT_SECONDS):
             try:
-                for task_id in self.beat():
-                    if not selectors.task_held_by(task_id=task_id, worker=self.name):
-                        self.on_lost(task_id)
+                self.report_lost(self.beat())
                 self.sweep()
             except Exception:
                 logger.warning("heartbeat of %s failed", self.name, exc_info=True)
@@ -106,6 +104,12 @@ class Heartbeat:
             step_rate=round(rate, 3),
         )
         return tuple(task_id for task_id in (status.task_id, *status.others) if task_id)
+
+    def report_lost(self, task_ids: tuple[str, ...]) -> None:
+        """Call ``on_lost`` for each of ``task_ids`` this worker no longer holds."""
+        for task_id in task_ids:
+            if not selectors.task_held_by(task_id=task_id, worker=self.name):
+                self.on_lost(task_id)
 
     def dead_local_workers(self) -> list[str]:
         dead = []
