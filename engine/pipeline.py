@@ -198,7 +198,7 @@ class Engine:
                 results[k] = exc
                 continue
             run = RequestRun(self.resources(), item.request, item.on_event, item.should_stop)
-            key = batch_key(run)
+            key = None if item.request.enhance is not None else batch_key(run)
             groups.setdefault(("alone", k) if key is None else key, []).append(k)
         for members in groups.values():
             chosen = [items[k] for k in members]
@@ -210,12 +210,23 @@ class Engine:
                 results[k] = out
         return [r for r in results if r is not None]
 
+    def batch_key(self, request: EngineRequest) -> Hashable | None:
+        """What ``request`` must share with others for :meth:`generate_many` to sample them as
+        one batch; None when it runs alone (image inputs, enhance, a request that fails its
+        check, a sampler that cannot batch). Loads nothing."""
+        if request.enhance is not None:
+            return None
+        try:
+            self.check(request)
+        except EngineError:
+            return None
+        return batch_key(RequestRun(self.resources(), request, None, None))
+
     def _run_group(self, chosen: list[BatchItem]) -> list[EngineResult]:
         if len(chosen) > 1:
             return self._guarded(lambda: run_together(self.resources(), chosen))
-        item = chosen[0]
-        run = RequestRun(self.resources(), item.request, item.on_event, item.should_stop)
-        return self._guarded(lambda: [run.execute()])
+        item = chosen[0]  # alone: exactly what generate() does (enhance included)
+        return [self.generate(item.request, item.on_event, item.should_stop)]
 
     def _guarded(self, work: Callable[[], list[EngineResult]]) -> list[EngineResult]:
         """``work()``; running out of device memory becomes OutOfMemoryError (naming the memory

@@ -136,16 +136,9 @@ if FOOOCUS_VRAM not in ("auto", "high", "normal", "low", "none"):
         "fooocus.E001", "FOOOCUS_VRAM", f"is {FOOOCUS_VRAM!r}; use auto, high, normal, low or none"
     )
 FOOOCUS_COMPILE = env_bool("FOOOCUS_COMPILE", False)
+# Up to this many queued tasks that share model, LoRAs, size, steps, sampler and scheduler run
+# as one engine batch in a worker (generation/batching.py); 1 = one task at a time.
 FOOOCUS_BATCH_TASKS = env_int("FOOOCUS_BATCH_TASKS", 1, minimum=1)
-if FOOOCUS_BATCH_TASKS > 1:
-    # Engine.generate_many batches tasks; the worker does not claim several tasks at once yet.
-    # Refused rather than silently running one task at a time.
-    _problem(
-        "fooocus.E002",
-        "FOOOCUS_BATCH_TASKS",
-        f"is {FOOOCUS_BATCH_TASKS}; batching queued tasks in the worker is not implemented yet "
-        "(only 1 is accepted)",
-    )
 # CPU threads for torch in the engine worker (0 = torch's default).
 FOOOCUS_TORCH_THREADS = env_int("FOOOCUS_TORCH_THREADS", 0, minimum=0)
 # Model files named by presets are downloaded on first use unless this is off.

@@ -30,18 +30,20 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class WorkerStatus:
-    """What a worker reports at each beat: the task it runs ("" when idle) and the sampling
-    steps it ran since it started (``/metrics`` derives the step rate)."""
+    """What a worker reports at each beat: the task it runs ("" when idle), the sampling
+    steps it ran since it started (``/metrics`` derives the step rate), and the other tasks it
+    runs in the same batch (``FOOOCUS_BATCH_TASKS``)."""
 
     task_id: str
     steps_total: int
+    others: tuple[str, ...] = ()
 
 
 class Heartbeat:
     """Beats for one worker and sweeps for dead ones.
 
     ``status`` is called at each beat; ``on_lost(task_id)`` is called (on the heartbeat's
-    thread) when the task ``status`` reported is no longer held by this worker.
+    thread) for each task ``status`` reported that is no longer held by this worker.
     """
 
     def __init__(
@@ -78,17 +80,15 @@ class Heartbeat:
     def _loop(self) -> None:
         while not self._stop.wait(settings.FOOOCUS_WORKER_HEARTBEAT_SECONDS):
             try:
-                task_id = self.beat()
-                if task_id and not selectors.task_held_by(task_id=task_id, worker=self.name):
-                    self.on_lost(task_id)
+                self.report_lost(self.beat())
                 self.sweep()
             except Exception:
                 logger.warning("heartbeat of %s failed", self.name, exc_info=True)
             finally:
                 close_old_connections()
 
-    def beat(self) -> str:
-        """Record the worker alive with what it does; return the task it reported running."""
+    def beat(self) -> tuple[str, ...]:
+        """Record the worker alive with what it does; return the tasks it reported running."""
         status = self.status()
         now, steps = time.monotonic(), status.steps_total
         then, steps_then = self._rate_mark
@@ -103,7 +103,13 @@ class Heartbeat:
             steps_total=steps,
             step_rate=round(rate, 3),
         )
-        return status.task_id
+        return tuple(task_id for task_id in (status.task_id, *status.others) if task_id)
+
+    def report_lost(self, task_ids: tuple[str, ...]) -> None:
+        """Call ``on_lost`` for each of ``task_ids`` this worker no longer holds."""
+        for task_id in task_ids:
+            if not selectors.task_held_by(task_id=task_id, worker=self.name):
+                self.on_lost(task_id)
 
     def dead_local_workers(self) -> list[str]:
         dead = []

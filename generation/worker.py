@@ -59,6 +59,8 @@ class _TaskRun:
         self.shutdown = False
         # Set when the heartbeat finds that the task was taken back from this worker.
         self.lost = False
+        # In a batch: what went wrong in this task's own callbacks (it ends failed, alone).
+        self.crash: Exception | None = None
 
     def publish(
         self, progress: int, message: str, preview: str | None = None, webhook: bool = False
@@ -78,8 +80,11 @@ class EngineWorker:
         announcer: Announcer,
         name: str | None = None,
         poll_seconds: float | None = None,
+        batch_tasks: int | None = None,
     ) -> None:
         self.name = name or make_worker_name()
+        # Up to this many compatible queued tasks run as one engine batch (1: one at a time).
+        self.batch_tasks = batch_tasks or settings.FOOOCUS_BATCH_TASKS
         self._engine_factory = engine_factory
         self._engine: Any = None
         self.announcer = announcer
@@ -88,6 +93,8 @@ class EngineWorker:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.current: _TaskRun | None = None
+        # The other tasks of the batch running with ``current`` (empty when it runs alone).
+        self.companions: tuple[_TaskRun, ...] = ()
         # Sampling steps run since start (the heartbeat reports them for /metrics).
         self.steps_total = 0
         self.heartbeat = Heartbeat(
@@ -118,14 +125,16 @@ class EngineWorker:
         """What the heartbeat reports: the running task and the steps run so far."""
         run = self.current
         return WorkerStatus(
-            task_id=run.task.task_id if run is not None else "", steps_total=self.steps_total
+            task_id=run.task.task_id if run is not None else "",
+            steps_total=self.steps_total,
+            others=tuple(other.task.task_id for other in self.companions),
         )
 
     def _task_taken_back(self, task_id: str) -> None:
         """The heartbeat found ``task_id`` re-queued by a sweep: drop this run at its next step."""
-        run = self.current
-        if run is not None and run.task.task_id == task_id:
-            run.lost = True
+        for run in (self.current, *self.companions):
+            if run is not None and run.task.task_id == task_id:
+                run.lost = True
 
     @property
     def engine(self) -> Any:
@@ -161,13 +170,30 @@ class EngineWorker:
                 self._wake.clear()
                 continue
             try:
-                self._run_task(task)
+                companions = self._companions(task)
+                if companions:
+                    self._run_batch([task, *companions])
+                else:
+                    self._run_task(task)
             except Exception:
                 # Recording the outcome itself failed (database gone?): log and keep serving.
                 logger.exception("task %s could not be recorded", task.task_id)
             finally:
                 close_old_connections()
         close_old_connections()
+
+    def _companions(self, task: Task) -> list[Task]:
+        """With ``FOOOCUS_BATCH_TASKS`` above 1: claim waiting tasks that can share ``task``'s
+        engine batch. Any trouble finding them only means ``task`` runs alone."""
+        if self.batch_tasks <= 1:
+            return []
+        from generation.batching import claim_companions
+
+        try:
+            return claim_companions(self.engine, task, self.name, self.batch_tasks - 1)
+        except Exception:
+            logger.exception("could not look for tasks to batch with %s", task.task_id)
+            return []
 
     def _clean_vram_if_asked(self) -> None:
         """``GET /v1/engines/clean_vram`` (Fooocus-API): unload the models between tasks."""
@@ -238,6 +264,11 @@ class EngineWorker:
             status, error = TaskStatus.FAILED, _describe_crash(exc)
         finally:
             self.current = None
+        self._end(run, status, error)
+
+    def _end(self, run: _TaskRun, status: str, error: str) -> None:
+        """Record how ``run`` ended (or give it back when the worker shuts down) and announce it."""
+        task = run.task
         if run.lost:
             logger.warning(
                 "task %s was taken back from %s; dropping this run", task.task_id, self.name
@@ -257,6 +288,97 @@ class EngineWorker:
             return
         self.announcer.ended(task)
         logger.info("task %s ended: %s %s", task.task_id, status, task.error)
+
+    def _run_batch(self, tasks: list[Task]) -> None:
+        """Run compatible tasks through one ``engine.generate_many`` call. Each keeps its own
+        events, stop/skip/cancel, images and ending; one that fails, fails alone."""
+        from engine.batch import BatchItem
+
+        runs = [_TaskRun(task, self.announcer) for task in tasks]
+        self.current, self.companions = runs[0], tuple(runs[1:])
+        ids = [task.task_id for task in tasks]
+        logger.info("tasks %s started on %s as one batch of %d", ids, self.name, len(tasks))
+        items, members = [], []
+        outcomes: dict[int, tuple[str, str]] = {}
+        try:
+            for k, run in enumerate(runs):
+                self.announcer.started(run.task)
+                try:
+                    params = run.task.req_params
+                    request = engine_request_from_params(params, skip_images=run.done_before)
+                except Exception as exc:
+                    logger.exception("task %s failed", run.task.task_id)
+                    outcomes[k] = TaskStatus.FAILED, _describe_crash(exc)
+                    continue
+                items.append(BatchItem(request, self._batch_events(run), self._batch_stopper(run)))
+                members.append(k)
+            try:
+                results: list[Any] = list(self.engine.generate_many(items)) if items else []
+            except Exception as exc:
+                logger.exception("batch %s failed", ids)
+                results = [exc] * len(items)
+            for k, result in zip(members, results, strict=True):
+                outcomes[k] = self._batch_outcome(runs[k], result)
+        except Exception:
+            logger.exception("batch %s failed", ids)
+        finally:
+            self.current, self.companions = None, ()
+        for k, run in enumerate(runs):
+            # A task left without an outcome (recording its start failed) fails, never hangs.
+            status, error = outcomes.get(k, (TaskStatus.FAILED, "internal error: not run"))
+            try:
+                self._end(run, status, error)
+            except Exception:
+                logger.exception("task %s could not be recorded", run.task.task_id)
+
+    def _batch_events(self, run: _TaskRun) -> Callable[[EngineEvent], None]:
+        def on_event(event: EngineEvent) -> None:
+            if run.lost or run.crash is not None:
+                return
+            try:
+                self._on_event(run, event)
+            except services.TaskLostError:
+                run.lost = True
+            except Exception as exc:
+                logger.exception("task %s failed", run.task.task_id)
+                run.crash = exc
+
+        return on_event
+
+    def _batch_stopper(self, run: _TaskRun) -> Callable[[], StopAction | None]:
+        def should_stop() -> StopAction | None:
+            if run.crash is not None:
+                return "stop"
+            try:
+                return self._should_stop(run)
+            except Exception as exc:
+                logger.exception("task %s failed", run.task.task_id)
+                run.crash = exc
+                return "stop"
+
+        return should_stop
+
+    def _batch_outcome(self, run: _TaskRun, result: Any) -> tuple[str, str]:
+        """The ending of one task of a batch from its engine result (or error)."""
+        task = run.task
+        if run.crash is not None:
+            return TaskStatus.FAILED, _describe_crash(run.crash)
+        if isinstance(result, EngineError):
+            return TaskStatus.FAILED, str(result)
+        if isinstance(result, Exception):
+            return TaskStatus.FAILED, _describe_crash(result)
+        if result.stopped:
+            return TaskStatus.STOP, ""
+        if task.req_params.get("generate_image_grid") and len(task.result) > 1:
+            try:
+                if -1 not in task.seeds:
+                    self._save_grid(run)
+            except services.TaskLostError:
+                run.lost = True
+            except Exception as exc:
+                logger.exception("task %s failed", task.task_id)
+                return TaskStatus.FAILED, _describe_crash(exc)
+        return TaskStatus.FINISHED, ""
 
     def _on_event(self, run: _TaskRun, event: EngineEvent) -> None:
         if event.kind == "image" and event.image is not None:

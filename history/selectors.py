@@ -25,7 +25,14 @@ from django.db.models.expressions import RawSQL
 from django.db.models.functions import Now
 from django.db.models.sql.where import WhereNode
 
-from history.models import ENDED_STATUSES, Task, TaskStatus, WebhookDelivery, WorkerHeartbeat
+from history.models import (
+    ENDED_STATUSES,
+    Task,
+    TaskKind,
+    TaskStatus,
+    WebhookDelivery,
+    WorkerHeartbeat,
+)
 
 
 def _visible(queryset: QuerySet[Task], api_key: str | None) -> QuerySet[Task]:
@@ -300,3 +307,9 @@ def task_held_by(*, task_id: str, worker: str) -> bool:
 def worker_pids_on_host(*, hostname: str) -> list[tuple[str, int]]:
     """``(name, pid)`` of the workers registered from ``hostname``."""
     return list(WorkerHeartbeat.objects.filter(hostname=hostname).values_list("name", "pid"))
+
+
+def pending_generate_tasks(*, limit: int) -> list[Task]:
+    """The oldest ``limit`` waiting generate tasks (what a batching worker looks through)."""
+    rows = Task.objects.filter(status=TaskStatus.PENDING, kind=TaskKind.GENERATE).order_by("id")
+    return list(rows.only("id", "task_id", "kind", "req_params", "seeds")[:limit])

@@ -143,6 +143,34 @@ def task_claim_next(*, worker: str) -> Task | None:
     return None
 
 
+def task_claim_these(*, worker: str, pks: Iterable[int]) -> list[Task]:
+    """Claim the tasks ``pks`` that are still pending for ``worker``, as :func:`task_claim_next`
+    does (oldest first): a worker running a batch takes these beside the task it claimed.
+
+    Rows another worker holds or took meanwhile are left out (``SKIP LOCKED`` on PostgreSQL; the
+    conditional update on both).
+    """
+    wanted = sorted(set(pks))
+    if not wanted:
+        return []
+    with transaction.atomic():
+        pending = Task.objects.filter(pk__in=wanted, status=TaskStatus.PENDING)
+        if connection.features.has_select_for_update_skip_locked:
+            pending = pending.select_for_update(skip_locked=True)
+        free = [row.pk for row in pending.only("id")]
+        claimed = []
+        for pk in free:
+            if Task.objects.filter(pk=pk, status=TaskStatus.PENDING).update(
+                status=TaskStatus.RUNNING,
+                started_at=timezone.now(),
+                worker=worker,
+                attempts=F("attempts") + 1,
+                progress=0,
+            ):
+                claimed.append(pk)
+    return list(Task.objects.filter(pk__in=claimed).order_by("id"))
+
+
 def _held(task: Task, worker: str | None) -> Any:
     rows = Task.objects.filter(pk=task.pk)
     if worker is not None:

@@ -55,12 +55,11 @@ BAD_ENVIRONMENTS = {
         ],
     ),
     "engine switches": (
-        {"FOOOCUS_VRAM": "huge", "FOOOCUS_COMPILE": "maybe", "FOOOCUS_BATCH_TASKS": "4"},
+        {"FOOOCUS_VRAM": "huge", "FOOOCUS_COMPILE": "maybe", "FOOOCUS_BATCH_TASKS": "0"},
         [
             "(fooocus.E001) FOOOCUS_VRAM is 'huge'; use auto, high, normal, low or none",
             "(fooocus.E001) FOOOCUS_COMPILE is 'maybe'",
-            "(fooocus.E002) FOOOCUS_BATCH_TASKS is 4; batching queued tasks in the worker is "
-            "not implemented yet",
+            "(fooocus.E002) FOOOCUS_BATCH_TASKS is 0; it must be at least 1",
         ],
     ),
     "no database name": (
@@ -107,6 +106,7 @@ def test_good_settings_pass_the_checks(tmp_path: Path) -> None:
         tmp_path,
         FOOOCUS_DEVICE="cuda:1",
         FOOOCUS_QUEUE_SIZE="5",
+        FOOOCUS_BATCH_TASKS="4",
         DATABASE_URL="postgres://user:secret@db.example:5432/fooocus",
         REDIS_URL="redis://redis.example:6379/0",
     )

@@ -148,3 +148,26 @@ def test_health_endpoints_on_the_embedded_settings() -> None:
         "fooocus_database_vendor_info": "gauge",
     }
     assert value(text, "fooocus_database_vendor_info", vendor="sqlite") == 1
+
+
+def test_a_batching_worker_beats_for_every_task_it_holds() -> None:
+    """With FOOOCUS_BATCH_TASKS a worker holds several tasks: the beat reports them all, and each
+    one taken back is told apart from those still held."""
+    from generation.announce import Announcer, LayerPublisher
+    from generation.heartbeat import Heartbeat, WorkerStatus
+    from generation.webhooks import WebhookSender
+
+    lead, kept, taken = running("w1"), running("w1"), running("w1")
+    lost: list[str] = []
+    heartbeat = Heartbeat(
+        name="w1",
+        status=lambda: WorkerStatus(lead.task_id, 7, others=(kept.task_id, taken.task_id)),
+        on_lost=lost.append,
+        announcer=Announcer(publisher=LayerPublisher(), webhooks=WebhookSender()),
+    )
+    Task.objects.filter(pk=taken.pk).update(status=TaskStatus.PENDING, worker="")
+    held = heartbeat.beat()
+    assert held == (lead.task_id, kept.task_id, taken.task_id)
+    assert WorkerHeartbeat.objects.get(name="w1").current_task_id == lead.task_id
+    heartbeat.report_lost(held)
+    assert lost == [taken.task_id]

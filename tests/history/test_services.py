@@ -55,6 +55,31 @@ def test_claim_takes_the_oldest_pending_once() -> None:
     assert services.task_claim_next(worker="w3") is None
 
 
+def test_claim_these_takes_only_the_named_tasks_still_pending() -> None:
+    first, second, third = make(), make(), make()
+    taken = services.task_claim_next(worker="w1")
+    assert taken is not None
+    assert taken.pk == first.pk
+    ended = make(TaskStatus.FINISHED)
+    claimed = services.task_claim_these(worker="w2", pks=[third.pk, first.pk, ended.pk])
+    assert [task.pk for task in claimed] == [third.pk]
+    (row,) = claimed
+    assert (row.status, row.worker, row.attempts) == (TaskStatus.RUNNING, "w2", 1)
+    assert row.started_at is not None
+    # The first stays w1's; the second was not named and still waits.
+    assert Task.objects.get(pk=first.pk).worker == "w1"
+    assert Task.objects.get(pk=second.pk).status == TaskStatus.PENDING
+    assert services.task_claim_these(worker="w3", pks=[third.pk]) == []
+    assert services.task_claim_these(worker="w3", pks=[]) == []
+
+
+def test_pending_generate_tasks_are_the_oldest_waiting_generate_tasks() -> None:
+    first, _, third = make(), make(TaskStatus.RUNNING), make()
+    make(kind="describe")
+    assert [t.pk for t in selectors.pending_generate_tasks(limit=5)] == [first.pk, third.pk]
+    assert [t.pk for t in selectors.pending_generate_tasks(limit=1)] == [first.pk]
+
+
 def test_add_image_records_each_result_at_once() -> None:
     task = make(TaskStatus.RUNNING)
     services.task_add_image(task=task, relative_path="2024-01-01/a.png", seed=5)
