@@ -33,8 +33,9 @@ typecheck: $(VENV)/.installed
 pytest: $(VENV)/.installed
 	$(VENV)/bin/pytest --durations=25
 
-# The unit and in-process tiers only: no daphne subprocesses, browsers or clusters.
+# The unit and in-process tiers only (no daphne subprocesses, browsers or clusters, and not the
+# few long compile/bench/PostgreSQL re-runs marked slow), on two processes (pytest-xdist).
 test-fast: $(VENV)/.installed
-	$(VENV)/bin/pytest -m "not e2e" --durations=15
+	$(VENV)/bin/pytest -m "not e2e and not slow" -n 2 --durations=15
 
 test: lint typecheck pytest

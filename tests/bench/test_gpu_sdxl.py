@@ -12,6 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_tiny_bench_prints_the_whole_table(tmp_path: Path) -> None:
     out = tmp_path / "table.md"

@@ -50,6 +50,7 @@ def plain(demo_models_dir: Path) -> list[np.ndarray]:
     return _arrays(cpu_engine(demo_models_dir, compile=False))
 
 
+@pytest.mark.slow
 def test_traced_unet_makes_the_same_images(
     demo_models_dir: Path, plain: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
 ) -> None:

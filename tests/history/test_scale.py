@@ -246,6 +246,7 @@ def test_the_data_migration_fills_old_rows_and_the_search_index() -> None:
     assert search("lighthouse") == {filled.pk}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     os.environ.get("DATABASE_URL", "") != "", reason="already running on PostgreSQL"
 )
