@@ -69,10 +69,9 @@ class EngineConfig:
 
 # What counts as a model in a folder ------------------------------------------------------------
 WEIGHT_SUFFIXES: tuple[str, ...] = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
-# LoRAs: the suffixes engine.models.lora.read_lora_file reads (torch.load weights_only for pickles).
-FOLDER_SUFFIXES: dict[str, tuple[str, ...]] = {
-    "loras": (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
-}
+LORA_SUFFIXES: tuple[str, ...] = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+"""What engine.models.lora.read_lora_file reads (torch.load weights_only for the pickles)."""
+FOLDER_SUFFIXES: dict[str, tuple[str, ...]] = {"loras": LORA_SUFFIXES}
 # A folder counts as a model when it holds this file (a diffusers model folder).
 FOLDER_MARKERS: dict[str, str] = {"checkpoints": "model_index.json", "vae": "config.json"}
 SIDECAR_SUFFIX = ".config"

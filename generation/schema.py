@@ -106,10 +106,21 @@ COMMON_ERRORS = {
 }
 
 
-class GenerateSchemaView(APIView):
-    """Documents ``POST /v1/engine/generate/``; requests are answered by the ASGI consumer."""
+class DocumentedRoute(APIView):
+    """A route answered by an ASGI consumer (``generation.routing``), listed here only so that the
+    OpenAPI document describes it; subclasses decorate ``post`` with its schema."""
 
     required_scope = "generate"
+
+    def post(self, request: Request) -> Response:
+        return Response(
+            {"detail": "served by the ASGI application; this route only documents it"},
+            status=status.HTTP_501_NOT_IMPLEMENTED,
+        )
+
+
+class GenerateSchemaView(DocumentedRoute):
+    """Documents ``POST /v1/engine/generate/``; requests are answered by the ASGI consumer."""
 
     @extend_schema(
         operation_id="generate",
@@ -140,10 +151,7 @@ class GenerateSchemaView(APIView):
         },
     )
     def post(self, request: Request) -> Response:
-        return Response(
-            {"detail": "served by the ASGI application; this route only documents it"},
-            status=status.HTTP_501_NOT_IMPLEMENTED,
-        )
+        return super().post(request)
 
 
 __all__ = [
@@ -151,6 +159,7 @@ __all__ = [
     "CancelResultSerializer",
     "DeleteResultSerializer",
     "DetailSerializer",
+    "DocumentedRoute",
     "GenerateSchemaView",
     "OpenApiTypes",
     "TaskListsSerializer",

@@ -56,11 +56,11 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from engine.config import LORA_SUFFIXES
 from engine.models.checkpoint_keys import unet_name_to_sgm
 from engine.models.components import SDXLComponents
 from engine.types import EngineInputError
 
-LORA_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 PEFT_METADATA_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY
 
 _PARTS: dict[str, str] = {

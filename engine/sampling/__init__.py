@@ -19,7 +19,6 @@ from engine.sampling.samplers import (
 )
 from engine.sampling.schedules import (
     PLAYGROUND_SCHEDULER,
-    SUPPORTED_SCHEDULERS,
     EdmNoiseSchedule,
     NoiseSchedule,
     build_sigmas,
@@ -32,7 +31,6 @@ __all__ = [
     "PLAYGROUND_SCHEDULER",
     "SAMPLER_SPECS",
     "SUPPORTED_SAMPLERS",
-    "SUPPORTED_SCHEDULERS",
     "BrownianNoise",
     "Denoiser",
     "EdmNoiseSchedule",

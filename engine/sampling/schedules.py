@@ -14,10 +14,8 @@ import math
 
 import torch
 
-from engine.options import PLAYGROUND_SCHEDULER, SCHEDULERS, check_scheduler
+from engine.options import PLAYGROUND_SCHEDULER, check_scheduler
 from engine.types import EngineInputError
-
-SUPPORTED_SCHEDULERS: tuple[str, ...] = SCHEDULERS
 
 TRAINING_STEPS = 1000
 BETA_START = 0.00085
@@ -27,13 +25,13 @@ KARRAS_RHO = 7.0
 DISTILLED_STEPS = 50
 LCM_SIGMA_DATA = 0.5
 LCM_TIMESTEP_SCALING = 10.0
-# NVIDIA's "Align Your Steps" noise levels for SDXL (AYS_SDXL_SIGMAS below): the published table
-# to 10 digits, as Fooocus uses them.
 # Fooocus's EDM model sampling for Playground v2.5 (ComfyUI's ModelSamplingContinuousEDM with
 # sampling "edm_playground_v2.5", sigma_max 120, sigma_min 0.002).
 EDM_SIGMA_MIN = 0.002
 EDM_SIGMA_MAX = 120.0
 EDM_SIGMA_DATA = 0.5
+# NVIDIA's "Align Your Steps" noise levels for SDXL: the published table to 10 digits, as Fooocus
+# uses them.
 AYS_SDXL_SIGMAS: tuple[float, ...] = (
     14.6146412293,
     6.3184485287,

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
-from rest_framework import serializers, status
+from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
-from generation.schema import COMMON_ERRORS, DetailSerializer, ValidationErrorSerializer
+from generation.schema import (
+    COMMON_ERRORS,
+    DetailSerializer,
+    DocumentedRoute,
+    ValidationErrorSerializer,
+)
 from generation.tools.serializers import DescribeImageSerializer, GenerateMaskSerializer
 
 DescribeAnswer = inline_serializer("DescribeAnswer", {"describe": serializers.CharField()})
@@ -36,17 +40,7 @@ def _responses(answer: object, description: str) -> dict[object, OpenApiResponse
     }
 
 
-class _Documented(APIView):
-    required_scope = "generate"
-
-    def post(self, request: Request) -> Response:
-        return Response(
-            {"detail": "served by the ASGI application; this route only documents it"},
-            status=status.HTTP_501_NOT_IMPLEMENTED,
-        )
-
-
-class DescribeImageSchemaView(_Documented):
+class DescribeImageSchemaView(DocumentedRoute):
     """Documents ``POST /v1/tools/describe-image``."""
 
     @extend_schema(
@@ -60,7 +54,7 @@ class DescribeImageSchemaView(_Documented):
         return super().post(request)
 
 
-class GenerateMaskSchemaView(_Documented):
+class GenerateMaskSchemaView(DocumentedRoute):
     """Documents ``POST /v1/tools/generate_mask``."""
 
     @extend_schema(
